@@ -1,0 +1,59 @@
+"""The fine-tuning model: a torchvision ResNet body + the fastai head, and `create_model`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pml_jax.models.head import Head, create_head
+from pml_jax.models.resnet import ResNet, init_variables, num_features, resnet
+from pml_jax.models.weights import pretrained_variables
+
+
+class Classifier(nn.Module):
+    """`body` then `head`: normalised float NHWC images [B, H, W, 3] -> float32 logits [B, n_out].
+
+    Variables: {'params': {'body', 'head'}, 'batch_stats': {'body', 'head'}}. Train mode needs
+    `mutable=['batch_stats']` and rngs={'dropout': key}.
+    """
+
+    body: ResNet
+    head: Head
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return self.head(self.body(x, train), train)
+
+    def features(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """The body's feature map [B, ceil(H/32), ceil(W/32), nf]; pool it with `head.concat_pool`."""
+        return self.body(x, train)
+
+
+def create_model(
+    arch: str,
+    n_out: int,
+    pretrained: str | None = None,
+    dtype: Any = jnp.float32,
+    seed: int = 0,
+    **head_kwargs,
+) -> tuple[Classifier, dict]:
+    """Build `arch` + fastai head for `n_out` outputs and its variables (float32 params).
+
+    pretrained: None (torchvision init from `seed`), 'IMAGENET1K_V1' / 'IMAGENET1K_V2'
+    (torchvision, downloaded once), 'timm/<arch>.<tag>' (Hugging Face safetensors) or a local
+    .safetensors / .npz / .pth file; its `fc` is dropped. The head is always fresh from `seed`.
+    `head_kwargs` go to `create_head` (lin_ftrs, ps, concat_pool, bn_final, ...).
+    """
+    nf = num_features(arch)
+    body = resnet(arch, num_classes=None, dtype=dtype)
+    head = create_head(nf, n_out, dtype=dtype, **head_kwargs)
+    body_key, head_key = jax.random.split(jax.random.key(seed))
+    head_vars = head.init({"params": head_key}, jnp.zeros((1, 1, 1, nf), jnp.float32))
+    if pretrained is None:
+        body_vars = init_variables(body, body_key, jnp.zeros((1, 32, 32, 3), jnp.float32))
+    else:
+        body_vars = pretrained_variables(arch, pretrained, with_fc=False)
+    variables = {col: {"body": body_vars[col], "head": head_vars[col]} for col in ("params", "batch_stats")}
+    return Classifier(body, head), variables
