@@ -5,6 +5,7 @@ import hashlib
 import http.server
 import importlib.util
 import socket
+import sys
 import threading
 
 import jax
@@ -148,19 +149,23 @@ def test_unreadable_files_raise_pml_error(tmp_path):
         fetch("resnet18", "IMAGENET_V1")
 
 
-def test_pth_without_torch_says_pip_install_torch(tmp_path, monkeypatch, home, server):
-    monkeypatch.setattr(weights, "_has_torch", lambda: False)
-    pth = tmp_path / "w.pth"
-    pth.write_bytes(b"PK")
-    with pytest.raises(PmlError, match="needs torch: `pip install torch`"):
-        load_state_dict(pth)
-    base, _, log = server
-    monkeypatch.setitem(
-        weights.TORCHVISION_URLS, ("resnet18", "IMAGENET1K_V1"), base + "resnet18-f37072fd.pth"
+def test_named_pth_weights_download_and_port_without_torch(sd18, home, server, monkeypatch):
+    base, www, log = server
+    writer = importlib.util.module_from_spec(
+        spec := importlib.util.spec_from_file_location(
+            "tp_writer", __file__.rsplit("/", 1)[0] + "/fixtures/torch_pickle/writer.py"
+        )
     )
-    with pytest.raises(PmlError, match="pip install torch.*timm/resnet18.tv_in1k"):
-        fetch("resnet18", "IMAGENET1K_V1")
-    assert log == []  # refused before downloading
+    spec.loader.exec_module(writer)
+    data = writer.write_pth(www / "staging.pth", sd18).read_bytes()
+    name = f"resnet18-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+    (www / name).write_bytes(data)
+    monkeypatch.setitem(weights.TORCHVISION_URLS, ("resnet18", "IMAGENET1K_V1"), base + name)
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails: not needed any more
+    assert_tree_equal(
+        pretrained_variables("resnet18", "IMAGENET1K_V1"), port_torchvision(sd18, "resnet18", with_fc=False)
+    )
+    assert log == ["/" + name]
 
 
 def test_named_weights_download_once_verify_and_port(st18, sd18, home, server, monkeypatch):

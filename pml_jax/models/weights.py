@@ -1,14 +1,14 @@
 """Pretrained ResNet weights: torchvision/timm state_dicts -> Flax variables (no torch at run time).
 
-Sources: a dict of numpy arrays keyed like torchvision's state_dict, a `.safetensors` or `.npz`
-file, or a `.pth` (needs torch). Named checkpoints: torchvision 'IMAGENET1K_V1'/'IMAGENET1K_V2'
-(downloaded into `cache_dir('weights')`, sha256-prefix checked) and 'timm/<arch>.<tag>' from the
-Hugging Face hub. Converter: `python -m pml_jax.models.weights convert in.pth out.safetensors`.
+Sources: a dict of numpy arrays keyed like torchvision's state_dict, or a `.safetensors`, `.npz`
+or `.pth/.pt/.bin` file (`.pth` read by `torch_pickle`, without torch). Named checkpoints:
+torchvision 'IMAGENET1K_V1'/'IMAGENET1K_V2' (downloaded into `cache_dir('weights')`, sha256-prefix
+checked) and 'timm/<arch>.<tag>' from the Hugging Face hub.
+Converter: `python -m pml_jax.models.weights convert in.pth out.safetensors`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -21,6 +21,7 @@ from flax import traverse_util
 
 from pml_jax.download import download
 from pml_jax.errors import PmlError
+from pml_jax.models import torch_pickle
 from pml_jax.models.resnet import resnet
 from pml_jax.paths import cache_dir
 
@@ -35,14 +36,12 @@ TORCHVISION_URLS: dict[tuple[str, str], str] = {
     ("resnet152", "IMAGENET1K_V1"): _BASE + "resnet152-394f9c45.pth",
     ("resnet152", "IMAGENET1K_V2"): _BASE + "resnet152-f82ba261.pth",
 }
-# timm's copies of the same torchvision weights, as safetensors (readable without torch).
-TIMM_TWINS = {"IMAGENET1K_V1": "tv_in1k", "IMAGENET1K_V2": "tv2_in1k"}
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 IGNORED_SUFFIX = ".num_batches_tracked"
 
 
 def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a state_dict from `.safetensors`, `.npz` or (with torch) `.pth/.pt/.bin` -> {key: array}."""
+    """Read a state_dict from `.safetensors`, `.npz` or `.pth/.pt/.bin` (torch-free) -> {key: array}."""
     path = Path(path)
     if not path.is_file():
         raise PmlError(f"weights file {path} does not exist")
@@ -62,26 +61,15 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     raise PmlError(f"weights file {path}: unknown format {suffix!r}; use .safetensors, .npz or .pth")
 
 
-def _has_torch() -> bool:
-    return importlib.util.find_spec("torch") is not None
-
-
 def _load_torch(path: Path) -> dict[str, np.ndarray]:
-    if not _has_torch():
-        raise PmlError(
-            f"reading {path} needs torch: `pip install torch`, or convert it once elsewhere with "
-            "`python -m pml_jax.models.weights convert in.pth out.safetensors` and pass the .safetensors"
-        )
-    import torch
-
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise PmlError(f"weights file {path} is unreadable by torch: {e}") from None
+    """A `torch.save` file -> its state_dict's arrays (of a checkpoint's 'state_dict'/'model' entry)."""
+    sd = torch_pickle.load(path)
     for nested in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(nested), dict):
             sd = sd[nested]
-    return {k: v.detach().cpu().numpy() for k, v in sd.items() if hasattr(v, "detach")}
+    if not isinstance(sd, dict):
+        raise PmlError(f"weights file {path} holds a {type(sd).__name__}, not a state_dict")
+    return {k: v for k, v in sd.items() if isinstance(v, np.ndarray)}
 
 
 def _torch_key(col: str, path: tuple[str, ...]) -> tuple[str, str]:
@@ -168,13 +156,6 @@ def _fetch_torchvision(arch: str, name: str, progress: bool) -> Path:
         raise PmlError(f"torchvision has no {name} weights for {arch!r}; available: {have}")
     filename = url.rsplit("/", 1)[-1]
     digest = re.search(r"-([0-9a-f]{6,})\.[a-z]+$", filename)
-    twin = f"'timm/{arch}.{TIMM_TWINS[name]}'"
-    if filename.endswith(TORCH_SUFFIXES) and not _has_torch():
-        raise PmlError(
-            f"{arch} {name} is a torch .pth file and reading it needs torch: `pip install torch`, "
-            f"or use pretrained={twin} (the same weights as safetensors, if the hub has it), "
-            f"or pass a local .safetensors/.npz converted from {url}"
-        )
     dest = cache_dir("weights") / filename
     try:
         return download(url, dest, sha256=digest.group(1) if digest else None, progress=progress)
@@ -205,8 +186,8 @@ def pretrained_variables(arch: str, pretrained: str | Path, with_fc: bool = Fals
 
 
 def convert(src: str | Path, dst: str | Path) -> Path:
-    """Re-save a state_dict (.pth needs torch) as `.safetensors` or `.npz`, readable without torch."""
-    sd = {k: np.ascontiguousarray(v) for k, v in load_state_dict(src).items()}
+    """Re-save a state_dict file (any format `load_state_dict` reads) as `.safetensors` or `.npz`."""
+    sd = {k: np.asarray(v, order="C") for k, v in load_state_dict(src).items()}
     dst = Path(dst)
     if dst.suffix == ".safetensors":
         from safetensors.numpy import save_file
