@@ -1,0 +1,116 @@
+"""fastai 2.8's `RandomResizedCrop` as TensorFlow graph ops (crop maths in TF, resize by Pillow).
+
+Train (fastai `split_idx=0`): for up to 10 tries draw area = U(min_scale, max_scale)·w·h and
+ratio = exp(U(log r0, log r1)); nw = round(sqrt(area·ratio)), nh = round(sqrt(area/ratio))
+(Python `round`: half to even); the first try with nw <= w and nh <= h wins and its top-left is
+(randint(0, w-nw), randint(0, h-nh)), both bounds inclusive. If no try fits: centre crop of the
+whole image with its ratio clamped to [r0, r1] (sides truncated with `int`). The crop is then
+resized to size x size with Pillow BILINEAR.
+Valid (`split_idx=1`): squish the whole image to size+xtra, xtra = ceil(size·val_xtra/8)·8,
+then centre crop `size` (top-left (xtra//2, xtra//2)).
+
+Randomness enters only as uniforms in [0, 1) (`N_UNIFORMS` per image, float64): columns
+2t, 2t+1 drive try t's scale and ratio, column 20 the left and column 21 the top offset
+(randint(a, b) = a + floor(u·(b-a+1))), column 22 the optional flip.
+
+The resize is Pillow's own BILINEAR through tf.numpy_function: the exact bits fastai gets.
+TF-only versions were measured against Pillow 13 and dropped: tf.image.resize(antialias=True)
+(the same triangle filter, float32 weights, one rounding) is off by 1 on ~10-20% of values and
+costs as much CPU as Pillow through numpy_function; emulating Pillow's two rounded passes
+(~0.4% off by 1) costs twice that; a bit-exact fixed-point port (gather / sparse matmul) was
+3-10x slower.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+N_TRIES = 10
+N_UNIFORMS = 2 * N_TRIES + 3
+RATIO = (3 / 4, 4 / 3)
+VAL_XTRA = 0.14
+
+_GPU_HIDDEN = False
+
+
+def import_tf():
+    """TensorFlow for input pipelines only: GPUs/TPUs hidden from it so JAX owns the accelerators."""
+    global _GPU_HIDDEN
+    import tensorflow as tf
+
+    if not _GPU_HIDDEN:
+        for kind in ("GPU", "TPU"):
+            try:
+                tf.config.set_visible_devices([], kind)
+            except (RuntimeError, ValueError):  # already initialised, or no such device type
+                pass
+        _GPU_HIDDEN = True
+    return tf
+
+
+tf = import_tf()
+
+
+def val_resize_size(size: int, val_xtra: float = VAL_XTRA) -> int:
+    """Side (px) fastai squishes a validation image to before the centre crop: 128 -> 152."""
+    return size + math.ceil(size * val_xtra / 8) * 8
+
+
+def crop_window(height, width, uniforms, min_scale: float = 0.35, max_scale: float = 1.0,
+                ratio: tuple[float, float] = RATIO):
+    """fastai's train crop for images of `height` x `width` px.
+
+    height, width: int tensors of shape [...]; uniforms: float64 [..., N_UNIFORMS] in [0, 1).
+    Returns int32 (top, left, crop_height, crop_width), each of shape [...].
+    """
+    h = tf.cast(height, tf.float64)
+    w = tf.cast(width, tf.float64)
+    u = tf.convert_to_tensor(uniforms, tf.float64)
+    hh, ww = h[..., None], w[..., None]
+    scale = min_scale + (max_scale - min_scale) * u[..., 0:2 * N_TRIES:2]
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    r = tf.exp(log_lo + (log_hi - log_lo) * u[..., 1:2 * N_TRIES:2])
+    area = scale * ww * hh
+    nw = tf.round(tf.sqrt(area * r))
+    nh = tf.round(tf.sqrt(area / r))
+    fits = (nw <= ww) & (nh <= hh)
+    first = tf.one_hot(tf.argmax(tf.cast(fits, tf.int32), axis=-1), N_TRIES, on_value=True,
+                       off_value=False) & fits
+    found = tf.reduce_any(fits, axis=-1)
+    cw_try = tf.reduce_sum(tf.where(first, nw, 0.0), axis=-1)
+    ch_try = tf.reduce_sum(tf.where(first, nh, 0.0), axis=-1)
+    left_try = tf.minimum(tf.floor(u[..., 2 * N_TRIES] * (w - cw_try + 1)), w - cw_try)
+    top_try = tf.minimum(tf.floor(u[..., 2 * N_TRIES + 1] * (h - ch_try + 1)), h - ch_try)
+
+    aspect = w / h
+    cw_fb = tf.where(aspect > ratio[1], tf.floor(h * ratio[1]), w)
+    ch_fb = tf.where(aspect < ratio[0], tf.floor(w / ratio[0]), h)
+    left_fb = tf.floor((w - cw_fb) / 2)
+    top_fb = tf.floor((h - ch_fb) / 2)
+
+    pick = lambda a, b: tf.cast(tf.where(found, a, b), tf.int32)  # noqa: E731
+    return pick(top_try, top_fb), pick(left_try, left_fb), pick(ch_try, ch_fb), pick(cw_try, cw_fb)
+
+
+def _pil_resize_array(image: np.ndarray, out_h, out_w) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((int(out_w), int(out_h)), Image.BILINEAR))
+
+
+def pil_resize(image, out_h: int, out_w: int):
+    """`PIL.Image.resize((out_w, out_h), BILINEAR)` of a uint8 [h, w, 3] tensor -> uint8 [out_h, out_w, 3].
+
+    Pillow itself, called from the graph (it releases the GIL while resampling, so tf.data's
+    parallel map still uses every core).
+    """
+    out = tf.numpy_function(_pil_resize_array, [image, out_h, out_w], tf.uint8, stateful=False)
+    return tf.ensure_shape(out, [out_h, out_w, 3])
+
+
+def valid_transform(image, size: int, val_xtra: float = VAL_XTRA):
+    """fastai's validation RandomResizedCrop: uint8 [h, w, 3] -> squish to S x S -> centre [size, size, 3]."""
+    big = val_resize_size(size, val_xtra)
+    off = (big - size) // 2
+    return pil_resize(image, big, big)[off:off + size, off:off + size]

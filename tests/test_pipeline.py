@@ -1,0 +1,274 @@
+"""The tf.data pipeline: batches, masks, order, determinism, sharding, decoding, errors, show_batch."""
+
+import io
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pml_jax.data import pipeline
+from pml_jax.data.dataset import LabelledImages
+from pml_jax.data.show_batch import batch_titles, show_batch
+from pml_jax.errors import PmlError
+
+VOCAB = ("cat", "dog", "horse")
+LABELS = ["cat", "dog horse", "", "horse", "cat dog"]
+
+
+def colour_of(i):
+    """Item i's solid colour; a solid image keeps it exactly through any crop and resize."""
+    return np.array([3 + 9 * i, 100, 200], np.uint8)
+
+
+def ids_of(images):
+    return np.round((images[:, 0, 0, 0].astype(int) - 3) / 9).astype(int)  # JPEG may move it by 1-2
+
+
+def make_items(root, n_train, n_valid, image_fn=None, name="tiny"):
+    """Items 0..n_train-1 are train, the rest valid; item i has colour_of(i) unless image_fn given."""
+    rows = []
+    for i in range(n_train + n_valid):
+        h, w = 20 + (i * 7) % 23, 20 + (i * 11) % 29
+        img = image_fn(i) if image_fn else np.broadcast_to(colour_of(i), (h, w, 3))
+        fname = f"img{i}.png" if i % 2 else f"img{i}.jpg"
+        Image.fromarray(np.ascontiguousarray(img)).save(root / fname, quality=95)
+        rows.append((fname, LABELS[i % len(LABELS)], i >= n_train))
+    return LabelledImages(pd.DataFrame(rows, columns=["fname", "labels", "is_valid"]), root, VOCAB,
+                          name=name)
+
+
+def noise_image(i):
+    rng = np.random.default_rng(i)
+    return rng.integers(0, 256, (40 + 3 * i, 60 - 2 * i, 3), np.uint8)
+
+
+@pytest.fixture
+def solid(tmp_path):
+    return make_items(tmp_path, n_train=13, n_valid=7)
+
+
+@pytest.fixture
+def noisy(tmp_path):
+    return make_items(tmp_path, n_train=6, n_valid=3, image_fn=noise_image)
+
+
+def collect(batches):
+    return {k: np.stack([b[k] for b in batches]) for k in ("image", "target", "mask")}
+
+
+def test_eval_batches_keep_every_item_once_in_order_with_mask(solid):
+    assert pipeline.eval_steps(solid, 3) == 3
+    batches = list(pipeline.eval_batches(solid, 16, 3))
+    assert len(batches) == 3
+    for b in batches:
+        assert b["image"].shape == (3, 16, 16, 3) and b["image"].dtype == np.uint8
+        assert b["target"].shape == (3, 3) and b["target"].dtype == np.float32
+        assert b["mask"].dtype == bool
+    mask = np.concatenate([b["mask"] for b in batches])
+    np.testing.assert_array_equal(mask, [True] * 7 + [False] * 2)
+    images = np.concatenate([b["image"] for b in batches])
+    np.testing.assert_array_equal(ids_of(images[mask]), np.arange(13, 20))
+    assert (images[~mask] == 0).all()
+    targets = np.concatenate([b["target"] for b in batches])
+    np.testing.assert_array_equal(targets[mask], solid.targets(True))
+    assert (targets[~mask] == 0).all()
+
+
+def test_eval_images_are_pil_squish_then_centre_crop(tmp_path):
+    items = make_items(tmp_path, 1, 2, image_fn=lambda i: noise_image(i).repeat(5, 0).repeat(4, 1))
+    (batch,) = pipeline.eval_batches(items, 128, 2)
+    for img, fname in zip(batch["image"], items.subset(True)["fname"]):
+        big = Image.open(tmp_path / fname).convert("RGB").resize((152, 152), Image.BILINEAR)
+        np.testing.assert_array_equal(img, np.asarray(big)[12:140, 12:140])
+
+
+def test_train_epoch_drops_remainder_and_sees_items_once(solid):
+    assert pipeline.train_steps(solid, 4) == 3
+    b = collect(list(pipeline.train_batches(solid, 24, 4, seed=0, epoch=0)))
+    assert b["image"].shape == (3, 4, 24, 24, 3) and b["mask"].all()
+    ids = ids_of(b["image"].reshape(-1, 24, 24, 3))
+    assert len(set(ids)) == 12 and set(ids) <= set(range(13))
+    np.testing.assert_array_equal(b["target"].reshape(-1, 3), solid.targets(False)[ids])
+
+
+def test_train_order_is_seeded_per_epoch_and_resumable(solid):
+    def order(seed, epoch, **kw):
+        batches = pipeline.train_batches(solid, 8, 4, seed, epoch, **kw)
+        return ids_of(np.concatenate([b["image"] for b in batches]))
+
+    e1 = order(0, 1)
+    np.testing.assert_array_equal(order(0, 1), e1)
+    assert not np.array_equal(order(0, 0), e1)
+    assert not np.array_equal(order(1, 1), e1)
+    np.testing.assert_array_equal(order(0, 1, start_step=2), e1[8:])
+
+
+def test_train_crops_are_reproducible_and_change_with_epoch(noisy):
+    def epoch(e, **kw):
+        return collect(list(pipeline.train_batches(noisy, 24, 2, 7, e, **kw)))["image"]
+
+    a = epoch(3)
+    np.testing.assert_array_equal(epoch(3), a)
+    np.testing.assert_array_equal(epoch(3, deterministic=False).sum(), a.sum())  # same items, maybe reordered
+    assert not np.array_equal(epoch(4), a)
+
+
+def test_flip_mirrors_left_right():
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), np.uint8)).save(buf, "PNG")
+    u = np.random.default_rng(1).random(23)
+    keep, flip = u.copy(), u.copy()
+    keep[22], flip[22] = 0.9, 0.1
+    a = pipeline.train_image(buf.getvalue(), 16, keep, flip=True).numpy()
+    b = pipeline.train_image(buf.getvalue(), 16, flip, flip=True).numpy()
+    np.testing.assert_array_equal(b, a[:, ::-1])
+    np.testing.assert_array_equal(pipeline.train_image(buf.getvalue(), 16, flip).numpy(), a)
+
+
+@pytest.mark.parametrize("kind", ["train", "eval"])
+def test_two_processes_split_every_global_batch(solid, kind):
+    def run(p, count):
+        if kind == "train":
+            return list(pipeline.train_batches(solid, 8, 4, 5, 2, process_index=p, process_count=count))
+        return list(pipeline.eval_batches(solid, 8, 4, process_index=p, process_count=count))
+
+    whole = run(0, 1)
+    shards = [run(0, 2), run(1, 2)]
+    assert len(shards[0]) == len(shards[1]) == len(whole) == (3 if kind == "train" else 2)
+    for step, glob in enumerate(whole):
+        for key in glob:
+            assert shards[0][step][key].shape[0] == 2
+            np.testing.assert_array_equal(
+                np.concatenate([shards[0][step][key], shards[1][step][key]]), glob[key])
+    if kind == "eval":
+        seen = np.concatenate([ids_of(b["image"][b["mask"]]) for s in shards for b in s])
+        np.testing.assert_array_equal(np.sort(seen), np.arange(13, 20))
+
+
+def _encode(img, fmt, **kw):
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _smooth(h=37, w=53):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([xx * 4, yy * 6, (xx + yy) * 2], -1).astype(np.uint8)
+
+
+def _sixteen_bit_png(channels):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 65536, (37, 53, channels)).astype(np.uint16)
+    return tf.io.encode_png(x).numpy(), np.repeat(x >> 8, 3 // channels, -1).astype(np.uint8)
+
+
+def _cases():
+    rgb = Image.fromarray(_smooth())
+    alpha = Image.fromarray(np.arange(37 * 53, dtype=np.uint8).reshape(37, 53))
+    rgba = rgb.copy()
+    rgba.putalpha(alpha)
+    pal = rgb.convert("P")
+    pal.info["transparency"] = 3
+    return {
+        "gray jpeg": _encode(rgb.convert("L"), "JPEG"),
+        "rgb jpeg": _encode(rgb, "JPEG", quality=90),
+        "cmyk jpeg": _encode(rgb.convert("CMYK"), "JPEG"),
+        "progressive jpeg": _encode(rgb, "JPEG", progressive=True),
+        "rgba png": _encode(rgba, "PNG"),
+        "gray+alpha png": _encode(Image.merge("LA", [rgb.convert("L"), alpha]), "PNG"),
+        "palette png": _encode(pal, "PNG", transparency=3),
+        "gif": _encode(pal, "GIF"),
+        "bmp": _encode(rgb, "BMP"),
+        "webp": _encode(rgb, "WEBP", lossless=True),
+        "tiff (PIL fallback)": _encode(rgb, "TIFF"),
+        "cmyk tiff (PIL fallback)": _encode(rgb.convert("CMYK"), "TIFF"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_cases()))
+def test_decode_matches_pil_rgb(name):
+    data = _cases()[name]
+    want = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    got = pipeline.decode(data).numpy()
+    assert got.dtype == np.uint8 and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_decode_sixteen_bit_png_keeps_high_byte(channels):
+    """PIL saturates 16-bit grayscale when converting to RGB (I;16 -> L clips); we scale instead."""
+    data, want = _sixteen_bit_png(channels)
+    np.testing.assert_array_equal(pipeline.decode(data).numpy(), want)
+
+
+@pytest.mark.parametrize("damage", ["not an image", "truncated jpeg", "missing"])
+def test_unreadable_image_names_the_file(tmp_path, damage):
+    items = make_items(tmp_path, 4, 5)
+    bad = tmp_path / items.subset(True)["fname"][3]
+    if damage == "not an image":
+        bad.write_text("hello")
+    elif damage == "truncated jpeg":
+        bad = bad.with_suffix(".jpg")
+        items.df.loc[items.df["fname"] == items.subset(True)["fname"][3], "fname"] = bad.name
+        data = _encode(Image.fromarray(_smooth()), "JPEG")
+        bad.write_bytes(data[: len(data) // 2])
+    else:
+        bad.unlink()
+    with pytest.raises(PmlError, match=bad.name):
+        list(pipeline.eval_batches(items, 8, 2))
+
+
+def test_reader_source_gives_the_same_batches_as_files(tmp_path, solid):
+    def reader(is_valid):
+        import tensorflow as tf
+
+        data = [p.read_bytes() for p in map(lambda f: tmp_path / f, solid.subset(is_valid)["fname"])]
+        return tf.data.Dataset.from_tensor_slices((data, solid.targets(is_valid)))
+
+    from_reader = LabelledImages(solid.df, None, VOCAB, name="tfds", reader=reader)
+    for a, b in zip(pipeline.eval_batches(from_reader, 8, 4), pipeline.eval_batches(solid, 8, 4)):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    for a, b in zip(pipeline.train_batches(from_reader, 8, 4, 0, 0),
+                    pipeline.train_batches(solid, 8, 4, 0, 0)):
+        np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def test_bad_settings_raise_pml_error(solid):
+    with pytest.raises(PmlError, match="multiple of the process count"):
+        pipeline.eval_batches(solid, 8, 5, process_index=0, process_count=2)
+    with pytest.raises(PmlError, match="fewer than one batch"):
+        pipeline.train_batches(solid, 8, 16, 0, 0, process_index=0, process_count=1)
+    with pytest.raises(PmlError, match="process index"):
+        pipeline.train_batches(solid, 8, 4, 0, 0, process_index=2, process_count=2)
+
+
+def test_importing_the_pipeline_does_not_import_tensorflow():
+    code = "import sys, pml_jax.data.pipeline, pml_jax.data.show_batch; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_batch_titles_join_labels_like_fastai():
+    t = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0]], np.float32)
+    assert batch_titles(t, VOCAB) == ["cat;horse", "", "dog"]
+
+
+def test_show_batch_writes_a_grid_png(tmp_path, solid):
+    dls = SimpleNamespace(items=solid, size=32, seed=0, min_scale=0.35, flip=False)
+    path = show_batch(dls, tmp_path / "out" / "show_batch.png", nrows=2, ncols=3)
+    img = np.asarray(Image.open(path).convert("RGB"))
+    assert img.shape == (2 * 3 * 72, 3 * 3 * 72, 3)
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 6  # images and titles were drawn
+    batch = {"image": np.zeros((4, 8, 8, 3), np.uint8), "target": np.eye(4, 3, dtype=np.float32),
+             "mask": np.array([True, True, False, True])}
+    assert show_batch(batch, tmp_path / "b.png", VOCAB, 1, 3).exists()
+    with pytest.raises(PmlError, match="vocab"):
+        show_batch(batch, tmp_path / "c.png")
