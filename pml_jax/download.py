@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tarfile
 import urllib.error
@@ -61,12 +62,14 @@ def download(
                 for block in iter(lambda: response.read(CHUNK), b""):
                     out.write(block)
                     bar.update(len(block))
+            if length is not None and part.stat().st_size < total:  # read(n) returns b"" on a dropped link
+                raise ConnectionError(f"connection closed after {part.stat().st_size} of {total} bytes")
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # the partial file is already complete
             pass
         else:
             raise PmlError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         raise PmlError(
             f"download of {url} failed ({e}); partial data kept in {part}, rerun to resume, "
             f"or place the file at {dest} yourself"
