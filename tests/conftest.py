@@ -11,7 +11,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pathlib  # noqa: E402
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Identical programs compiled by different tests (each Learner jits its own steps) hit this cache.
+jax.config.update("jax_compilation_cache_dir", os.path.join(os.environ["PML_JAX_HOME"], "xla"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 

@@ -1,0 +1,65 @@
+"""Orbax checkpoints of the whole training state plus JSON metadata, written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from pml_jax.errors import PmlError
+
+
+class Checkpoints:
+    """Checkpoints under `directory/<global step>/{state,meta}`.
+
+    Orbax writes each one into a temporary folder and renames it when complete, so a crash
+    mid-save leaves the previous checkpoint intact; the newest `keep` are kept.
+    """
+
+    def __init__(self, directory: str | Path, keep: int = 2):
+        self.directory = Path(directory).absolute()
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=False),
+        )
+
+    def save(self, step: int, state: Any, meta: dict) -> None:
+        """Save the pytree `state` and the JSON-able `meta` as checkpoint `step` (replacing it)."""
+        if step in self._manager.all_steps():
+            self._manager.delete(step)
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        self._manager.wait_until_finished()
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None."""
+        return self._manager.latest_step()
+
+    def read_meta(self, step: int | None = None) -> dict:
+        """Only the metadata of checkpoint `step` (default: the newest)."""
+        step = self._step(step)
+        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+    def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict]:
+        """(state, meta) of checkpoint `step` (default newest), with the pytree structure of `like`."""
+        step = self._step(step)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        try:
+            got = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        except (ValueError, KeyError) as e:
+            raise PmlError(f"checkpoint {self.directory / str(step)} does not match this model: {e}") from None
+        leaves = jax.tree.leaves(got.state)
+        return jax.tree.unflatten(jax.tree.structure(like), leaves), got.meta
+
+    def _step(self, step: int | None) -> int:
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise PmlError(f"no checkpoint found in {self.directory}")
+        return step
+
+    def close(self) -> None:
+        self._manager.close()

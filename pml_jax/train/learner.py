@@ -1,0 +1,281 @@
+"""The Learner: fastai's fit_one_cycle / fine_tune / lr_find loop around the jitted steps.
+
+One global step counter, one checkpoint per epoch (and on SIGINT/SIGTERM), and a run that
+resumes from a checkpoint replays exactly what an uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from pml_jax.errors import PmlError
+from pml_jax.metrics import MetricAccumulator
+from pml_jax.train.checkpoint import Checkpoints
+from pml_jax.train.groups import N_GROUPS, decay_mask, param_groups, split_trainable, trainable_mask
+from pml_jax.train.interrupt import SignalFlag, StopRequested
+from pml_jax.train.mesh import check_batch_size, make_mesh, replicate, shard_batch
+from pml_jax.train.optim import fastai_adam
+from pml_jax.train.schedules import (Phase, fine_tune_plan, fit_schedule, lr_find_schedule,
+                                     lr_find_should_stop, lr_find_suggestion, one_cycle, smooth_losses)
+from pml_jax.train.steps import TrainState, make_eval_step, make_train_step
+
+SMOOTH_BETA = 0.98  # fastai AvgSmoothLoss
+
+
+class Learner:
+    """Trains `model` (a Classifier) with `variables` on `dls` (pml_jax.data.loaders.DataLoaders).
+
+    wd: decoupled weight decay; thresh: accuracy_multi's threshold in the epoch table;
+    dtype: compute dtype (params stay float32); workdir: checkpoints and metrics.jsonl go there;
+    log: called with each printed line (default print); writer: `scalars(step, dict)` sink
+    (e.g. train.tensorboard.TensorBoard) for per-step loss, lrs and momentum and per-epoch metrics.
+    """
+
+    def __init__(self, model, variables: dict, dls, *, wd: float = 0.01, thresh: float = 0.5,
+                 dtype=jnp.float32, seed: int = 0, workdir: str | Path | None = None,
+                 mesh=None, log: Callable[[str], None] = print, progress: bool = True,
+                 meta: dict | None = None, writer=None):
+        self.model, self.dls, self.wd, self.thresh, self.dtype = model, dls, wd, thresh, dtype
+        self.mesh = mesh if mesh is not None else make_mesh()
+        check_batch_size(dls.batch_size, self.mesh)
+        self.params = replicate(variables["params"], self.mesh)
+        self.batch_stats = replicate(variables["batch_stats"], self.mesh)
+        self.groups = param_groups(self.params)
+        self.decay = decay_mask(self.params, self.batch_stats)
+        self.key = jax.random.key(seed)
+        self.log, self.progress, self.writer = log, progress, writer  # writer: TensorBoard or None
+        self.workdir = Path(workdir) if workdir is not None else None
+        self.checkpoints = Checkpoints(self.workdir / "checkpoints") if self.workdir else None
+        self.meta = dict(meta or {})  # extra JSON saved with each checkpoint (config, vocab, ...)
+        self.history: list[dict] = []
+        self._eval_step = make_eval_step(model, dtype)
+        self._resume: dict | None = None
+
+    # ----------------------------------------------------------------- schedules
+    def fit_one_cycle(self, epochs: int, lr_max=3e-3, pct_start: float = 0.25, div: float = 25.0,
+                      div_final: float = 1e5, frozen: bool = False) -> list[dict]:
+        """fastai `fit_one_cycle`; lr_max: float, slice or per-group values."""
+        spe = self.dls.steps_per_epoch
+        lrs, moms = one_cycle(epochs * spe, lr_max, pct_start, div, div_final)
+        return self.fit_phases([Phase(frozen, epochs, spe, lrs, moms)])
+
+    def fit(self, epochs: int, lr=1e-3, frozen: bool = False) -> list[dict]:
+        """fastai `fit`: constant lr, beta1 0.9."""
+        spe = self.dls.steps_per_epoch
+        return self.fit_phases([Phase(frozen, epochs, spe, *fit_schedule(epochs * spe, lr))])
+
+    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1,
+                  lr_mult: float = 100, pct_start: float = 0.3, div: float = 5.0) -> list[dict]:
+        """fastai `fine_tune`: frozen one-cycle, then unfrozen one-cycle with discriminative lrs."""
+        plan = fine_tune_plan(epochs, self.dls.steps_per_epoch, base_lr, freeze_epochs,
+                              lr_mult, pct_start, div)
+        return self.fit_phases([p for p in plan if p.epochs > 0])
+
+    # ----------------------------------------------------------------- the loop
+    def fit_phases(self, phases: list[Phase]) -> list[dict]:
+        """Run each phase (fresh optimizer state at each), epoch by epoch, validating after each.
+
+        Returns the epoch rows. SIGINT/SIGTERM saves a checkpoint mid-epoch and raises
+        StopRequested; `resume()` before this call continues from the newest checkpoint.
+        """
+        start_phase, start_step = 0, 0
+        if self._resume is not None:
+            start_phase, start_step = self._resume["phase"], self._resume["step_in_phase"]
+        with SignalFlag() as signals:
+            for p, phase in enumerate(phases):
+                if p < start_phase:
+                    continue
+                self._run_phase(p, phase, phases, start_step if p == start_phase else 0, signals)
+        self._resume = None
+        return self.history
+
+    def _run_phase(self, p: int, phase: Phase, phases: list[Phase], start: int, signals) -> None:
+        spe = phase.steps_per_epoch
+        trainable = trainable_mask(self.params, self.batch_stats, phase.frozen)
+        tx = fastai_adam(self.groups, self.decay, wd=self.wd)
+        resumed = self._resume is not None and self._resume["phase"] == p and start > 0
+        if resumed:
+            opt_state = self._resume["opt_state"]
+            smooth, count = self._resume["smooth"], self._resume["smooth_count"]
+        else:
+            opt_state = tx.init(split_trainable(self.params, trainable)[0])
+            smooth, count = 0.0, 0
+        state = TrainState(self.params, self.batch_stats, replicate(opt_state, self.mesh))
+        train_step = make_train_step(self.model, tx, trainable, self.dtype)
+        data_epoch0 = sum(ph.epochs for ph in phases[:p])
+        lrs = jnp.asarray(phase.lrs, jnp.float32)
+        moms = jnp.asarray(phase.moms, jnp.float32)
+        step0 = self._global_step(phases, p, 0)
+        for epoch in range(start // spe, phase.epochs):
+            t0, first = time.perf_counter(), max(start - epoch * spe, 0)
+            bar = tqdm(total=spe, initial=first, desc=f"phase {p} epoch {epoch}", leave=False,
+                       disable=not self.progress)
+            pending = None  # (step, loss): read after the next step is dispatched, keeping the device busy
+            for i, batch in enumerate(self.dls.train(data_epoch0 + epoch, start_step=first), first):
+                s = epoch * spe + i
+                key = jax.random.fold_in(self.key, step0 + s)
+                state, loss = train_step(state, shard_batch(batch, self.mesh), lrs[s], moms[s], key)
+                if pending is not None:
+                    smooth, count = self._record(*pending, smooth, count, phase, step0, bar)
+                pending = (s, loss)
+                if signals.raised is not None:
+                    smooth, count = self._record(*pending, smooth, count, phase, step0, bar)
+                    self._adopt(state)
+                    self._save(p, s + 1, state.opt_state, phase.frozen, smooth, count)
+                    raise StopRequested(f"stopped by signal {signals.raised} at step {s + 1} of phase {p}")
+            if pending is not None:
+                smooth, count = self._record(*pending, smooth, count, phase, step0, bar)
+            bar.close()
+            self._adopt(state)
+            valid = self.validate()
+            row = {"phase": p, "epoch": epoch, "train_loss": smooth / (1 - SMOOTH_BETA ** count),
+                   **valid, "time": time.perf_counter() - t0}
+            self._log_row(row, step0 + (epoch + 1) * spe)
+            self._save(p, (epoch + 1) * spe, state.opt_state, phase.frozen, smooth, count)
+
+    def _record(self, s: int, loss, smooth: float, count: int, phase: Phase, step0: int, bar):
+        """Check and log the loss of step `s` of `phase`; returns the updated smoothed-loss state."""
+        value = float(loss)
+        if not math.isfinite(value):
+            raise PmlError(f"training diverged: loss is {value} at global step {step0 + s} (step {s} "
+                           "of its phase); the last checkpoint is kept; lower the learning rate")
+        smooth, count = SMOOTH_BETA * smooth + (1 - SMOOTH_BETA) * value, count + 1
+        smoothed = smooth / (1 - SMOOTH_BETA ** count)
+        bar.update(1)
+        bar.set_postfix(loss=f"{smoothed:.4f}")
+        if self.writer is not None:
+            self.writer.scalars(step0 + s, {"train/loss": value, "train/smooth_loss": smoothed,
+                                            "train/mom": phase.moms[s],
+                                            **{f"train/lr_group{g}": lr for g, lr in enumerate(phase.lrs[s])}})
+        return smooth, count
+
+    @staticmethod
+    def _global_step(phases, p, s) -> int:
+        return sum(ph.epochs * ph.steps_per_epoch for ph in phases[:p]) + s
+
+    def _adopt(self, state: TrainState) -> None:
+        self.params, self.batch_stats = state.params, state.batch_stats
+
+    # ----------------------------------------------------------------- evaluation
+    def get_preds(self, is_valid: bool = True) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """(probs [N,C], targets [N,C], mask [N], loss [N]) over every eval item, padded rows masked."""
+        acc, losses = MetricAccumulator(), []
+        for batch in self.dls.valid(is_valid):
+            batch = shard_batch(batch, self.mesh)
+            probs, loss = self._eval_step(self.params, self.batch_stats, batch)
+            acc.update(probs, batch["target"], batch["mask"])
+            losses.append(loss)
+        probs, targs, mask = acc.gathered()
+        return probs, targs, mask, jnp.concatenate(losses)
+
+    def validate(self, is_valid: bool = True) -> dict:
+        """valid_loss (mean over real items), accuracy_multi at `thresh` and mAP."""
+        probs, targs, mask, loss = self.get_preds(is_valid)
+        m = MetricAccumulator()
+        m.update(probs, targs, mask)
+        metrics = m.compute(thresh=self.thresh)
+        valid_loss = float(jnp.sum(jnp.where(mask, loss, 0.0)) / jnp.sum(mask))
+        return {"valid_loss": valid_loss, "accuracy_multi": float(metrics["accuracy_multi"]),
+                "mAP": float(metrics["mAP"])}
+
+    # ----------------------------------------------------------------- lr_find
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
+                frozen: bool = False, method: str = "valley") -> dict:
+        """fastai `lr_find`: exponential lrs, smoothed loss, stop on divergence, suggestion.
+
+        The learner's params and stats are left exactly as they were. Returns
+        {'lrs', 'losses' (smoothed), 'suggestion', 'point'}.
+        """
+        lrs_all = lr_find_schedule(start_lr, end_lr, num_it)
+        trainable = trainable_mask(self.params, self.batch_stats, frozen)
+        tx = fastai_adam(self.groups, self.decay, wd=self.wd)
+        state = TrainState(jax.tree.map(jnp.copy, self.params), jax.tree.map(jnp.copy, self.batch_stats),
+                           replicate(tx.init(split_trainable(self.params, trainable)[0]), self.mesh))
+        step = make_train_step(self.model, tx, trainable, self.dtype)
+        raw, lrs = [], []
+        for lr, batch in zip(lrs_all, self._endless_train_batches()):
+            state, loss = step(state, shard_batch(batch, self.mesh),
+                               jnp.full((N_GROUPS,), lr, jnp.float32),
+                               jnp.float32(0.9), jax.random.fold_in(self.key, len(raw)))
+            raw.append(float(loss))
+            lrs.append(float(lr))
+            if lr_find_should_stop(smooth_losses(raw), num_it):  # NaNs run on, as in fastai
+                break
+        smoothed = smooth_losses(raw)
+        suggestion, point = lr_find_suggestion(lrs, smoothed, num_it, method)
+        return {"lrs": lrs, "losses": smoothed.tolist(), "suggestion": suggestion, "point": point}
+
+    def _endless_train_batches(self):
+        epoch = 0
+        while True:
+            yield from self.dls.train(epoch)
+            epoch += 1
+
+    # ----------------------------------------------------------------- checkpoints
+    def _save(self, phase: int, step_in_phase: int, opt_state, frozen: bool, smooth: float, count: int):
+        if self.checkpoints is None:
+            return
+        state = {"params": self.params, "batch_stats": self.batch_stats, "opt_state": opt_state}
+        meta = {**self.meta, "phase": phase, "step_in_phase": step_in_phase, "frozen": frozen,
+                "smooth": smooth, "smooth_count": count, "history": self.history}
+        self.checkpoints.save(self._checkpoint_id(phase, step_in_phase), state, meta)
+
+    @staticmethod
+    def _checkpoint_id(phase: int, step_in_phase: int) -> int:
+        return phase * 10**9 + step_in_phase
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint in workdir, if any, so the next fit continues from it.
+
+        Returns whether one was found. Call with the same schedule as the interrupted run.
+        """
+        if self.checkpoints is None or self.checkpoints.latest_step() is None:
+            return False
+        opt_state, meta = self._restore(None)
+        self.history = list(meta["history"])
+        self._resume = {**meta, "opt_state": opt_state}
+        return True
+
+    def load(self, step: int | None = None) -> dict:
+        """Take params and batch stats from checkpoint `step` (default newest); returns its meta."""
+        if self.checkpoints is None:
+            raise PmlError("this learner has no workdir to load a checkpoint from")
+        return self._restore(step)[1]
+
+    def _restore(self, step: int | None) -> tuple[Any, dict]:
+        """Adopt params and stats of checkpoint `step`; return its (optimizer state, meta)."""
+        meta = self.checkpoints.read_meta(step)
+        trainable = trainable_mask(self.params, self.batch_stats, meta["frozen"])
+        opt_like = fastai_adam(self.groups, self.decay).init(split_trainable(self.params, trainable)[0])
+        like = {"params": self.params, "batch_stats": self.batch_stats, "opt_state": opt_like}
+        state, meta = self.checkpoints.restore(like, step)
+        self.params = replicate(state["params"], self.mesh)
+        self.batch_stats = replicate(state["batch_stats"], self.mesh)
+        return state["opt_state"], meta
+
+    # ----------------------------------------------------------------- logging
+    def _log_row(self, row: dict, step: int) -> None:
+        self.history.append(row)
+        if self.writer is not None:
+            self.writer.scalars(step, {f"epoch/{k}": v for k, v in row.items() if k not in ("phase", "epoch")})
+        if len(self.history) == 1 or self.history[-2]["phase"] != row["phase"]:
+            self.log(f"{'epoch':>5} {'train_loss':>10} {'valid_loss':>10} {'accuracy_multi':>14} "
+                     f"{'mAP':>7} {'time':>7}")
+        self.log(f"{row['epoch']:>5} {row['train_loss']:>10.6f} {row['valid_loss']:>10.6f} "
+                 f"{row['accuracy_multi']:>14.6f} {row['mAP']:>7.4f} {_clock(row['time']):>7}")
+        if self.workdir is not None and jax.process_index() == 0:
+            with open(self.workdir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60):02d}:{int(seconds % 60):02d}"

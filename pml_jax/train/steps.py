@@ -1,0 +1,83 @@
+"""Pure train and eval steps: state in, state out, compiled once per phase."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from pml_jax.data.normalize import normalize
+from pml_jax.train.groups import merge_trainable, split_trainable
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a train step changes. `opt_state` covers only the trainable params of the phase."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def bce_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-item mean sigmoid BCE over classes: [B, C] logits and {0,1} targets -> float32 [B]."""
+    return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets).mean(axis=-1)
+
+
+def make_train_step(model, tx: optax.GradientTransformationExtraArgs, trainable: Any,
+                    dtype=jnp.float32) -> Callable:
+    """Compile `step(state, batch, lrs, mom, key) -> (state, loss)`.
+
+    batch: {'image': uint8 [B,H,W,3], 'target': float32 [B,C]}; lrs: float32 [n_groups]; mom: beta1;
+    key: the dropout key of this step. `trainable` (a static bool pytree like params) selects what is
+    differentiated: frozen params are constants, so their weight gradients are never computed.
+    The state is donated.
+    """
+
+    def step(state: TrainState, batch: dict, lrs, mom, key):
+        images = normalize(batch["image"], dtype)
+        train_params, frozen_params = split_trainable(state.params, trainable)
+
+        def loss_fn(train_params):
+            variables = {"params": merge_trainable(train_params, frozen_params),
+                         "batch_stats": state.batch_stats}
+            logits, updated = model.apply(variables, images, train=True,
+                                          mutable=["batch_stats"], rngs={"dropout": key})
+            return bce_loss(logits, batch["target"]).mean(), updated["batch_stats"]
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(train_params)
+        updates, opt_state = tx.update(grads, state.opt_state, train_params, lrs=lrs, mom=mom)
+        train_params = optax.apply_updates(train_params, updates)
+        new_state = TrainState(merge_trainable(train_params, frozen_params), batch_stats, opt_state)
+        return new_state, loss
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def make_eval_step(model, dtype=jnp.float32) -> Callable:
+    """Compile `step(params, batch_stats, batch) -> (probs float32 [B,C], loss float32 [B])`.
+
+    Eval mode (running BatchNorm stats, no dropout); the loss is per item so padded rows can be
+    masked out by the caller.
+    """
+
+    def step(params, batch_stats, batch: dict):
+        logits = model.apply({"params": params, "batch_stats": batch_stats},
+                             normalize(batch["image"], dtype), train=False)
+        return jax.nn.sigmoid(logits.astype(jnp.float32)), bce_loss(logits, batch["target"])
+
+    return jax.jit(step)
+
+
+def make_predict_step(model, dtype=jnp.float32) -> Callable:
+    """Compile `step(params, batch_stats, images uint8 [B,H,W,3]) -> probs float32 [B,C]`."""
+
+    def step(params, batch_stats, images):
+        logits = model.apply({"params": params, "batch_stats": batch_stats},
+                             normalize(images, dtype), train=False)
+        return jax.nn.sigmoid(logits.astype(jnp.float32))
+
+    return jax.jit(step)

@@ -1,0 +1,125 @@
+"""The Learner: fit/fine_tune loop, freezing, checkpoints and resume, lr_find, divergence."""
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+from tiny import tiny_dls, tiny_model
+
+from pml_jax.errors import PmlError
+from pml_jax.train.interrupt import StopRequested
+from pml_jax.train.learner import Learner
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("synthetic")
+
+
+def make_learner(data_root, workdir=None, dls=None, seed=0):
+    dls = dls or tiny_dls(data_root)
+    model, variables = tiny_model(len(dls.vocab), seed)
+    return Learner(model, variables, dls, workdir=workdir, progress=False, log=lambda _: None, seed=seed)
+
+
+def leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+def test_fit_one_cycle_logs_each_epoch_and_checkpoints(data_root, tmp_path):
+    learn = make_learner(data_root, tmp_path)
+    history = learn.fit_one_cycle(2, 1e-2)
+    assert [r["epoch"] for r in history] == [0, 1]
+    for row in history:
+        assert np.isfinite(row["train_loss"]) and np.isfinite(row["valid_loss"])
+        assert 0.0 <= row["accuracy_multi"] <= 1.0
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1]
+    assert learn.checkpoints.latest_step() == 2 * learn.dls.steps_per_epoch
+
+
+def test_frozen_phase_trains_only_head_and_batchnorm(data_root):
+    learn = make_learner(data_root)
+    before = jax.device_get(learn.params)
+    stats_before = jax.device_get(learn.batch_stats)
+    learn.fit_one_cycle(1, 1e-2, frozen=True)
+    after = jax.device_get(learn.params)
+    body_b, body_a = before["body"], after["body"]
+    np.testing.assert_array_equal(body_b["conv1"]["kernel"], body_a["conv1"]["kernel"])
+    np.testing.assert_array_equal(body_b["layer3"]["0"]["conv2"]["kernel"], body_a["layer3"]["0"]["conv2"]["kernel"])
+    assert not np.array_equal(body_b["bn1"]["scale"], body_a["bn1"]["scale"])
+    assert not np.array_equal(before["head"]["linear1"]["kernel"], after["head"]["linear1"]["kernel"])
+    assert not np.array_equal(stats_before["body"]["bn1"]["mean"], jax.device_get(learn.batch_stats)["body"]["bn1"]["mean"])
+
+
+class SignalAt:
+    """DataLoaders stand-in that sends SIGTERM to this process while yielding train batch `at`."""
+
+    def __init__(self, dls, at):
+        self.dls, self.at, self.seen = dls, at, 0
+
+    def __getattr__(self, name):
+        return getattr(self.dls, name)
+
+    def train(self, epoch, start_step=0):
+        for batch in self.dls.train(epoch, start_step):
+            if self.seen == self.at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            self.seen += 1
+            yield batch
+
+
+def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(data_root, tmp_path):
+    full = make_learner(data_root, tmp_path / "full")
+    full.fine_tune(1, base_lr=1e-2, freeze_epochs=1)
+
+    dls = tiny_dls(data_root)
+    spe = dls.steps_per_epoch
+    at = spe + 1  # the second batch of the unfrozen phase
+    cut = make_learner(data_root, tmp_path / "cut", dls=SignalAt(dls, at))
+    with pytest.raises(StopRequested):
+        cut.fine_tune(1, base_lr=1e-2, freeze_epochs=1)
+    assert cut.checkpoints.read_meta()["step_in_phase"] == 2
+
+    again = make_learner(data_root, tmp_path / "cut")
+    assert again.resume()
+    again.fine_tune(1, base_lr=1e-2, freeze_epochs=1)
+    for a, b in zip(leaves(full.params), leaves(again.params)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(leaves(full.batch_stats), leaves(again.batch_stats)):
+        np.testing.assert_array_equal(a, b)
+    assert [r["valid_loss"] for r in full.history] == [r["valid_loss"] for r in again.history]
+    assert [r["train_loss"] for r in full.history] == [r["train_loss"] for r in again.history]
+
+
+def test_lr_find_leaves_the_model_untouched(data_root):
+    learn = make_learner(data_root)
+    before = leaves(learn.params)
+    result = learn.lr_find(num_it=12)
+    assert 1e-7 <= result["suggestion"] <= 10
+    assert len(result["lrs"]) == len(result["losses"]) <= 12
+    assert np.all(np.diff(result["lrs"]) > 0)
+    for a, b in zip(before, leaves(learn.params)):
+        np.testing.assert_array_equal(a, b)
+
+
+class NanAt(SignalAt):
+    def train(self, epoch, start_step=0):
+        for batch in self.dls.train(epoch, start_step):
+            if self.seen == self.at:
+                batch = {**batch, "target": np.full_like(batch["target"], np.nan)}
+            self.seen += 1
+            yield batch
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(data_root, tmp_path):
+    dls = tiny_dls(data_root)
+    at = dls.steps_per_epoch + 1  # global step 1 of epoch 1
+    learn = make_learner(data_root, tmp_path, dls=NanAt(dls, at))
+    with pytest.raises(PmlError, match=f"global step {at}"):
+        learn.fit_one_cycle(2, 1e-2)
+    assert learn.checkpoints.latest_step() == dls.steps_per_epoch
+    assert learn.checkpoints.read_meta()["history"][0]["epoch"] == 0
