@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from pml_jax.data.dataset import LabelledImages, split_labels, vocab_of
+from pml_jax.data.dataset import LabelledImages, split_labels
 from pml_jax.errors import PmlError
 
 TF_FORMATS = frozenset({"JPEG", "PNG", "GIF", "BMP", "WEBP"})  # what tf.io.decode_image reads
@@ -74,7 +74,7 @@ def check_images(
     if bad:
         dropped = {f for f, _ in bad}
         df = items.df[~items.df["fname"].isin(dropped)].reset_index(drop=True)
-        items = replace(items, df=df, vocab=vocab_of(df["labels"]))
+        items = replace(items, df=df)  # the vocab (and so the model outputs) stays as declared
         notes = check_table(items) if tables else []
     return items, CheckReport(len(fnames), bad, skipped=bool(bad), warnings=tuple(notes))
 
