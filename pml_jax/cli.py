@@ -53,12 +53,16 @@ def _optional_str(text: str) -> str | None:
 def parser() -> argparse.ArgumentParser:
     """One flag per Config field (defaults shown are the demo preset's), plus mode/preset/resume/inputs."""
     p = argparse.ArgumentParser(
-        prog="run.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="run.py",
         description="Multi-label image classification, fastai's chapter-6 workflow on JAX.")
-    p.add_argument("--mode", choices=MODES, default="train", help="what to do")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="defaults to start from")
+    p.add_argument("--mode", choices=MODES, default="train", help="what to do (default: train)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="defaults to start from (default: demo)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in workdir")
-    p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
+    p.add_argument("--distributed", action="store_true",
+                   help="multi-host: join with jax.distributed.initialize() (TPU pods and SLURM need nothing more)")
+    p.add_argument("--coordinator", help="multi-host elsewhere: host:port of process 0")
+    p.add_argument("--num_processes", type=int, help="multi-host elsewhere: number of processes")
+    p.add_argument("--process_id", type=int, help="multi-host elsewhere: this process's index")
     p.add_argument("--per_class", action="store_true", help="predict: use per-class thresholds")
     p.add_argument("inputs", nargs="*", help="predict: image files or folders")
     demo = PRESETS["demo"]
@@ -85,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.distributed:
             from pml_jax.train.mesh import initialize_distributed
-            initialize_distributed()
+            initialize_distributed(args.coordinator, args.num_processes, args.process_id)
         enable_compile_cache()
         cfg = config_from(args)
         if args.mode == "train":

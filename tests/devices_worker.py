@@ -25,8 +25,9 @@ class Losses:
 def main():
     data_root, out, how = sys.argv[1:4]
     if how == "dist":
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(f"127.0.0.1:{sys.argv[5]}", num_processes=2, process_id=int(sys.argv[4]))
+        from pml_jax.train.mesh import initialize_distributed
+
+        initialize_distributed(f"127.0.0.1:{sys.argv[5]}", num_processes=2, process_id=int(sys.argv[4]))
     from tiny import tiny_dls, tiny_model
 
     from pml_jax.train.learner import Learner

@@ -80,18 +80,31 @@ class BatchNorm(nn.Module):
         return (xf * mul + (bias.astype(jnp.float32) - mean * mul)).astype(self.dtype)
 
 
-def _conv(features: int, k: int, stride: int, pad: int, dtype, name: str) -> nn.Conv:
-    return nn.Conv(
-        features,
-        (k, k),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        use_bias=False,
-        kernel_init=conv_init,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        name=name,
-    )
+class Conv(nn.Module):
+    """Bias-free torchvision conv, NHWC: [B, H, W, Cin] -> [B, H', W', features] in `dtype`.
+
+    The kernel is HWIO `[k, k, Cin, features]` (float32 param). A 1x1 conv is computed exactly as
+    what it is, a matrix product over channels (a strided one samples every `stride`-th pixel
+    first): XLA's CPU backend runs matmuls and their weight gradients much faster than the
+    equivalent convolutions.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    pad: int = 0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, s = self.kernel_size, self.stride
+        kernel = self.param("kernel", conv_init, (k, k, x.shape[-1], self.features), jnp.float32)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        if k == 1 and self.pad == 0:
+            return jnp.dot(x[:, ::s, ::s, :], kernel[0, 0])
+        return jax.lax.conv_general_dilated(
+            x, kernel, (s, s), ((self.pad, self.pad), (self.pad, self.pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 class Downsample(nn.Module):
@@ -103,7 +116,7 @@ class Downsample(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = _conv(self.features, 1, self.stride, 0, self.dtype, "0")(x)
+        x = Conv(self.features, 1, self.stride, 0, self.dtype, name="0")(x)
         return BatchNorm(dtype=self.dtype, name="1")(x, train)
 
 
@@ -128,7 +141,7 @@ class Block(nn.Module):
             convs = [(1, 1, 0, self.features), (3, self.stride, 1, self.features), (1, 1, 0, out_ch)]
         y = x
         for i, (k, s, p, f) in enumerate(convs, start=1):
-            y = _conv(f, k, s, p, self.dtype, f"conv{i}")(y)
+            y = Conv(f, k, s, p, self.dtype, name=f"conv{i}")(y)
             y = bn(f"bn{i}")(y, train)
             if i < len(convs):
                 y = nn.relu(y)
@@ -172,7 +185,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = x.astype(self.dtype)
-        x = _conv(64, 7, 2, 3, self.dtype, "conv1")(x)
+        x = Conv(64, 7, 2, 3, self.dtype, name="conv1")(x)
         x = nn.relu(BatchNorm(dtype=self.dtype, name="bn1")(x, train))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # pads with -inf
         for i, n in enumerate(self.stage_sizes):

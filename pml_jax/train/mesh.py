@@ -14,7 +14,9 @@ DATA_AXIS = "data"
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None) -> None:
     """Join a multi-host run (`jax.distributed.initialize`); arguments default to the environment
-    (TPU pods and SLURM fill them in; elsewhere pass `host:port`, the process count and this id)."""
+    (TPU pods and SLURM fill them in; elsewhere pass `host:port`, the process count and this id).
+    CPU processes exchange gradients through gloo collectives."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
 

@@ -1,0 +1,136 @@
+"""pml_jax vs PyTorch (fastai's engine) on this machine: the same steps, interleaved in one run.
+
+    pip install -e ".[bench]"
+    python bench/compare_torch.py [--archs resnet18,resnet50] [--size 128] [--batch 32] [--repeats 5] [--steps 2]
+
+Both sides: torchvision `arch` body (random init) + fastai's head (concat pool, BN1d, Dropout 0.25,
+Linear(2nf, 512, no bias), ReLU, BN1d, Dropout 0.5, Linear(512, 20, no bias)), float32, uint8 NHWC
+images normalised inside the step, mean BCE-with-logits. Phases:
+  train   fwd + bwd + optimizer step over all params (ours: the fastai Adam of pml_jax; torch:
+          torch.optim.AdamW(betas=(0.9, 0.99), eps=1e-5, wd 0.01, none on BN/bias), fastai's maths)
+  frozen  fastai `freeze`: body params without grad except its BatchNorms (torch: requires_grad False)
+  eval    running BN stats, no grad (torch: model.eval() + torch.inference_mode())
+Each repeat times --steps steps of torch then pml_jax (the order flips every repeat); the figures
+are medians over repeats: images/s of each, the ratio jax/torch, and achieved GFLOP/s from XLA's
+cost analysis of our compiled step (the same FLOPs for torch). Load average printed per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+try:
+    import torch
+    import torchvision
+except ImportError:
+    print("bench/compare_torch.py needs PyTorch and torchvision, which pml_jax does not: "
+          "pip install -e '.[bench]'", file=sys.stderr)
+    sys.exit(2)
+
+from train_step import PHASES, jax_runners, load, random_batch, time_steps  # noqa: E402
+
+from pml_jax.data.normalize import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+
+
+class ConcatPool(torch.nn.Module):
+    """fastai AdaptiveConcatPool2d(1) + Flatten: [B, C, H, W] -> [B, 2C] as [max, avg]."""
+
+    def forward(self, x):
+        return torch.cat([x.amax((2, 3)), x.mean((2, 3))], 1)
+
+
+def torch_model(arch: str, n_out: int) -> torch.nn.Module:
+    """torchvision body + fastai `create_head(nf, n_out)`, random init."""
+    net = getattr(torchvision.models, arch)(weights=None)
+    nf = net.fc.in_features
+    body = torch.nn.Sequential(*list(net.children())[:-2])
+    head = torch.nn.Sequential(
+        ConcatPool(), torch.nn.BatchNorm1d(2 * nf), torch.nn.Dropout(0.25),
+        torch.nn.Linear(2 * nf, 512, bias=False), torch.nn.ReLU(inplace=True),
+        torch.nn.BatchNorm1d(512), torch.nn.Dropout(0.5), torch.nn.Linear(512, n_out, bias=False))
+    return torch.nn.Sequential(body, head)
+
+
+def torch_runners(arch: str, batch: dict, phases=PHASES) -> dict:
+    """`run()` closures for torch's train / frozen / eval steps on `batch` (uint8 NHWC images)."""
+    images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2)  # NCHW view, as fastai's batches
+    target = torch.from_numpy(batch["target"])
+    mean = torch.from_numpy(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.from_numpy(IMAGENET_STD).view(1, 3, 1, 1)
+
+    def normalize():
+        return (images.float() / 255.0 - mean) / std
+
+    runners = {}
+    for phase in phases:
+        model = torch_model(arch, target.shape[1])
+        if phase == "eval":
+            model.eval()
+
+            def run(model=model):
+                with torch.inference_mode():
+                    torch.sigmoid(model(normalize()))
+        else:
+            model.train()
+            body = model[0]
+            is_bn = {id(p) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                     for p in m.parameters()}
+            if phase == "frozen":
+                for p in body.parameters():
+                    p.requires_grad_(id(p) in is_bn)
+            params = [p for p in model.parameters() if p.requires_grad]
+            decay = [p for p in params if id(p) not in is_bn and p.ndim > 1]
+            no_decay = [p for p in params if id(p) in is_bn or p.ndim <= 1]
+            opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
+                                     {"params": no_decay, "weight_decay": 0.0}],
+                                    lr=1e-4, betas=(0.9, 0.99), eps=1e-5)
+
+            def run(model=model, opt=opt):
+                opt.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(model(normalize()), target)
+                loss.backward()
+                opt.step()
+        runners[phase] = run
+    return runners
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--archs", default="resnet18,resnet50")
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=2, help="steps per timing")
+    ap.add_argument("--phases", default=",".join(PHASES))
+    args = ap.parse_args()
+    import jax
+
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), jax {jax.__version__}; "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    batch = random_batch(args.batch, args.size)
+    phases = args.phases.split(",")
+    print(f"{args.size} px, batch {args.batch}, f32; medians of {args.repeats} interleaved timings of "
+          f"{args.steps} steps")
+    print(f"{'arch':9} {'phase':6} {'torch img/s':>11} {'jax img/s':>9} {'jax/torch':>9} "
+          f"{'jax GFLOP/s':>11} {'torch GFLOP/s':>13}  load")
+    torch.manual_seed(0)
+    for arch in args.archs.split(","):
+        ours, theirs = jax_runners(arch, batch, phases), torch_runners(arch, batch, phases)
+        for phase in phases:
+            ours[phase].run(), theirs[phase]()  # warm-up
+            t_jax, t_torch = [], []
+            for rep in range(args.repeats):
+                pair = [(theirs[phase], t_torch), (ours[phase].run, t_jax)]
+                for run, out in pair if rep % 2 == 0 else pair[::-1]:
+                    out.append(time_steps(run, args.steps))
+            tj, tt = statistics.median(t_jax), statistics.median(t_torch)
+            flops = ours[phase].flops
+            print(f"{arch:9} {phase:6} {args.batch / tt:11.1f} {args.batch / tj:9.1f} {tt / tj:9.2f} "
+                  f"{flops / tj / 1e9:11.1f} {flops / tt / 1e9:13.1f}  {load()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
