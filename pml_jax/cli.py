@@ -7,7 +7,7 @@ import dataclasses
 import os
 import sys
 
-from pml_jax.config import DTYPES, MODES, PRESETS, SCHEDULES, SOURCES, Config
+from pml_jax.config import DTYPES, MODES, PRESETS, SCHEDULES, SOURCES, Config, preset
 from pml_jax.errors import PmlError
 from pml_jax.train.interrupt import StopRequested
 
@@ -77,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
 def config_from(args: argparse.Namespace) -> Config:
     """The preset with every flag given on the command line applied."""
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}
-    return PRESETS[args.preset].replace(**overrides)
+    return preset(args.preset, **overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

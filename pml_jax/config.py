@@ -75,10 +75,6 @@ class Config:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
-    @classmethod
-    def from_json(cls, text: str) -> "Config":
-        return cls(**json.loads(text))
-
     def save(self, path: Path) -> None:
         Path(path).write_text(self.to_json() + "\n")
 

@@ -1,0 +1,38 @@
+"""Config validation and the presets."""
+
+import pytest
+
+from pml_jax.cli import config_from, parser
+from pml_jax.config import Config, preset
+from pml_jax.errors import PmlError
+
+
+def test_fastbook_preset_is_the_chapter():
+    cfg = preset("fastbook")
+    assert (cfg.source, cfg.arch, cfg.pretrained, cfg.size, cfg.min_scale, cfg.batch_size) == (
+        "pascal_2007", "resnet50", "IMAGENET1K_V1", 128, 0.35, 64)
+    assert (cfg.schedule, cfg.epochs, cfg.freeze_epochs, cfg.base_lr, cfg.thresh) == ("fine_tune", 3, 4, 3e-3, 0.2)
+    assert (cfg.lr_mult, cfg.pct_start, cfg.wd) == (100.0, 0.3, 0.01)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"source": "imagenet"}, "source='imagenet'"),
+    ({"epochs": 0}, "epochs must be positive"),
+    ({"min_scale": 0.0}, "min_scale"),
+    ({"thresh": -0.1}, "thresh"),
+    ({"no_such": 1}, "unknown config field"),
+])
+def test_bad_values_are_refused(changes, message):
+    with pytest.raises(PmlError, match=message):
+        Config().replace(**changes)
+
+
+def test_flags_override_the_preset_and_none_clears_weights():
+    args = parser().parse_args(["--preset", "fastbook", "--epochs", "5", "--pretrained", "none", "--flip", "true"])
+    cfg = config_from(args)
+    assert (cfg.epochs, cfg.pretrained, cfg.flip, cfg.arch) == (5, None, True, "resnet50")
+
+
+def test_unknown_preset_is_refused():
+    with pytest.raises(PmlError, match="unknown preset"):
+        preset("imagenet")
