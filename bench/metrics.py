@@ -3,19 +3,22 @@
     python bench/metrics.py [--rows 5000] [--classes 20] [--repeats 20]
 
 For 29 (the fastbook grid) and 1000 thresholds on N x C predictions, times
-  numpy loop : [((preds > t) == targs.astype(bool)).astype(float32).mean() for t in xs]
-               (the seed's `[accuracy_multi(preds, targs, thresh=i, sigmoid=False) for i in xs]`)
-  jit loop   : the same loop calling our jitted accuracy_multi (thresh traced, one compile)
-  sweep/<m>  : threshold_sweep(preds, targs, xs, method=m), one vmapped call, for
-               m = compare (all N x C scores vs each cutoff) and sort (sort once, binary search);
-               method='auto' picks compare for <= 100 cutoffs, sort above
-Steady-state times are medians over --repeats runs; the first call's extra time (trace +
-compile) is reported separately. Also times epoch_metrics (every metric + 3 sweeps) once.
+  numpy loop     : [((preds > t) == targs.astype(bool)).astype(float32).mean() for t in xs]
+                   (the seed's `[accuracy_multi(preds, targs, thresh=i, sigmoid=False) for i in xs]`)
+  jit loop       : the same loop calling our jitted accuracy_multi (thresh traced, one compile)
+  sweep/<method> : threshold_sweep(preds, targs, xs, method=...), one jitted call vmapped over the
+                   cutoffs, for bucket (the default: bucketize each score once, histogram, tail
+                   sums) and compare (all N x C scores vs each cutoff)
+The contenders run interleaved, one call each per round, so that load from other processes on a
+shared machine hits them alike; steady-state times are medians over the rounds, and the first
+call's extra time (trace + compile) is reported separately. The load average is printed before
+and after. Also times epoch_metrics (every metric, AP, VOC07 AP, 3 sweeps).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from functools import partial
 
@@ -40,17 +43,24 @@ def vmap_sweep(preds, targs, xs, method: str):
     return jax.block_until_ready(threshold_sweep(preds, targs, xs, method=method))
 
 
-def timed(fn, repeats: int) -> tuple[float, float, object]:
-    """(first call seconds, median seconds of `repeats` later calls, last result)."""
-    t0 = time.perf_counter()
-    out = fn()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
+def timed_interleaved(fns: dict, rounds: int) -> dict:
+    """{name: (first call s, median s over `rounds`, last result)}, calling each fn once per round in turn."""
+    first, times, outs = {}, {name: [] for name in fns}, {}
+    for name, fn in fns.items():
         t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return first, float(np.median(times)), out
+        outs[name] = fn()
+        first[name] = time.perf_counter() - t0
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: (first[name], float(np.median(times[name])), outs[name]) for name in fns}
+
+
+def load() -> str:
+    """The 1/5/15-minute load averages and the CPU count, as text."""
+    return "load average {:.2f} {:.2f} {:.2f} on {} CPUs".format(*os.getloadavg(), os.cpu_count())
 
 
 def main() -> None:
@@ -65,26 +75,26 @@ def main() -> None:
     logits = rng.standard_normal(targs.shape).astype(np.float32) + 2.5 * (targs - 0.5)
     preds = (1 / (1 + np.exp(-logits))).astype(np.float32)
     d_preds, d_targs = jax.device_put(preds), jax.device_put(targs)
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}")
-    print(f"predictions: {args.rows} x {args.classes} float32, median of {args.repeats} runs\n")
+    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}; {load()}")
+    print(f"predictions: {args.rows} x {args.classes} float32, median of {args.repeats} interleaved rounds\n")
     header = ("thresholds", "method", "steady ms", "first-call extra ms", "numpy loop / this")
-    print("{:>10} {:>13} {:>11} {:>20} {:>18}".format(*header))
+    print("{:>10} {:>14} {:>11} {:>20} {:>18}".format(*header))
 
     for n_thr in (29, 1000):
         lo, hi = (0.05, 0.95) if n_thr == 29 else (0.0, 1.0)
         xs = np.linspace(lo, hi, n_thr, dtype=np.float32)
         d_xs = jax.device_put(xs)
-        reps = args.repeats if n_thr == 29 else max(3, args.repeats // 4)
-        results = {
-            "numpy loop": timed(lambda: seed_loop(preds, targs, xs), reps),
-            "jit loop": timed(lambda: jit_loop(d_preds, d_targs, xs), reps),
+        fns = {
+            "numpy loop": partial(seed_loop, preds, targs, xs),
+            "jit loop": partial(jit_loop, d_preds, d_targs, xs),
+            "sweep/bucket": partial(vmap_sweep, d_preds, d_targs, d_xs, "bucket"),
+            "sweep/compare": partial(vmap_sweep, d_preds, d_targs, d_xs, "compare"),
         }
-        for method in ("compare", "sort"):
-            results[f"sweep/{method}"] = timed(partial(vmap_sweep, d_preds, d_targs, d_xs, method), args.repeats)
+        results = timed_interleaved(fns, args.repeats if n_thr == 29 else max(3, args.repeats // 4))
         loop_s = results["numpy loop"][1]
         for name, (first, steady, _) in results.items():
             extra_ms = (first - steady) * 1e3
-            print(f"{n_thr:>10} {name:>13} {steady * 1e3:>11.3f} {extra_ms:>20.1f} {loop_s / steady:>17.2f}x")
+            print(f"{n_thr:>10} {name:>14} {steady * 1e3:>11.3f} {extra_ms:>20.1f} {loop_s / steady:>17.2f}x")
         reference = np.asarray(results["numpy loop"][2])
         diffs = []
         for name, (_, _, out) in results.items():
@@ -92,9 +102,11 @@ def main() -> None:
             diffs.append(f"{name} {np.abs(curve - reference).max():.1e}")
         print(f"{'':>10} max |curve - numpy loop curve|: {', '.join(diffs)}\n")
 
-    first, steady, _ = timed(lambda: jax.block_until_ready(epoch_metrics(d_preds, d_targs)), args.repeats)
+    summary = {"epoch_metrics": lambda: jax.block_until_ready(epoch_metrics(d_preds, d_targs))}
+    first, steady, _ = timed_interleaved(summary, args.repeats)["epoch_metrics"]
     print(f"epoch_metrics (all metrics, AP/VOC07 AP, 3 x 29-threshold sweeps): {steady * 1e3:.2f} ms "
           f"steady, first-call extra {(first - steady) * 1e3:.0f} ms")
+    print(load())
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pml_jax.metrics import (
     voc07_average_precision,
 )
 from pml_jax.metrics.classification import _accuracy_multi
+from pml_jax.metrics.sweep import cutoffs_below
 
 TOL = dict(rtol=0, atol=1e-6)
 CASES = ("random", "tied")
@@ -73,7 +74,7 @@ def test_accuracy_multi_traces_thresh_once():
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("method", ["compare", "sort"])
+@pytest.mark.parametrize("method", ["bucket", "compare"])
 def test_sweep_matches_fastbook_loop(ref, case, method):
     probs, targs, grid = ref[f"{case}_probs"], ref["targs"], ref["sweep_thresholds"]
     curve, best_t, best_v = threshold_sweep(probs, targs, grid, method=method)
@@ -163,6 +164,37 @@ def test_sweep_ties_pick_lowest_threshold():
     curve, best_t, best_v = threshold_sweep(probs, targs, np.float32([0.1, 0.3, 0.5, 0.99]))
     np.testing.assert_allclose(curve, [1, 1, 1, 0.5])
     assert float(best_t) == pytest.approx(0.1) and float(best_v) == 1.0
+
+
+def test_cutoffs_below_counts_strictly_lower_cutoffs():
+    # binary search edge cases: grid sizes at and around powers of two, scores equal to cutoffs, NaN, +-inf
+    levels = np.float32([-np.inf, 0, 0.1, 0.5, 0.9, 1, np.inf])
+    for size in (1, 2, 3, 7, 8, 1000):
+        rng = np.random.default_rng(size)
+        grid = np.sort(np.concatenate([rng.choice(levels, size // 2), rng.random(size - size // 2)]))
+        grid = grid.astype(np.float32)
+        scores = np.concatenate([levels, [np.nan], grid, rng.random(40)]).astype(np.float32)
+        got = np.asarray(jax.jit(cutoffs_below)(scores, grid))
+        np.testing.assert_array_equal(got, (scores[:, None] > grid[None, :]).sum(axis=1), err_msg=str(size))
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "f1_samples"])  # per-class and per-row tables
+def test_sweep_any_grid_order_duplicates_and_nan_cutoffs(metric):
+    # the bucket method sorts the grid and maps back; a NaN cutoff is never exceeded, like '>'
+    rng = np.random.default_rng(3)
+    probs = rng.random((40, 3)).astype(np.float32)
+    probs[::7, 1] = np.nan
+    probs[::5, 2] = 0.5  # scores on a cutoff: strict '>' leaves them out
+    truth = rng.random((40, 3)) < 0.4
+    mask = np.arange(40) % 9 != 0
+    grid = np.float32([0.5, 0.1, np.nan, 0.5, 0.3, -np.inf, np.inf, 0.0, 0.9, 0.3])
+    curve, best_t, _ = threshold_sweep(probs, truth, grid, metric=metric, mask=mask)
+    if metric == "accuracy":
+        loop = [accuracy_multi(probs, truth, t, sigmoid=False, mask=mask) for t in grid]
+    else:
+        loop = [precision_recall_f1(probs, truth, t, average=metric[3:], mask=mask)[2] for t in grid]
+    np.testing.assert_allclose(curve, loop, **TOL)
+    np.testing.assert_array_equal(best_t, grid[int(np.argmax(loop))])  # NaN == NaN here
 
 
 def _binary_f1(pred, truth):
@@ -288,7 +320,7 @@ grids = hnp.arrays(np.float32, 6, elements=st.sampled_from(LEVELS))
     grids,
     hnp.arrays(np.bool_, N),
     st.sampled_from(["accuracy", "f1_micro", "f1_macro", "f1_samples"]),
-    st.sampled_from(["compare", "sort"]),
+    st.sampled_from(["bucket", "compare"]),
 )
 def test_sweep_equals_per_threshold_loop(probs, truth, grid, mask, metric, method):
     # scores on the grid points test the strict '>'; NaN scores are never above a cutoff

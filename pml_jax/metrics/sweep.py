@@ -1,19 +1,22 @@
 """Choosing cutoffs: a vmapped sweep of one global threshold, and per-class thresholds.
 
-Every cutoff t decides "score > t" (strict, as fastai); one jax.vmap over the grid gives the
-confusion counts at every cutoff, by one of two exact methods:
-  'compare': compare all N x C scores with each cutoff, O(T N C);
-  'sort':    sort each class's scores once, then binary-search each cutoff, O(N C log N + T C log N)
-             (f1_samples still needs per-row counts, O(T N C)).
-'auto' picks 'sort' for grids longer than SORT_ABOVE (on CPU, XLA's sort of 5000 x 20 scores
-costs about as much as 100 compare passes). Ties in the swept value go to the first (lowest-index)
-threshold of the grid, as argmax does.
+Every cutoff t decides "score > t" (strict, as fastai). A sweep first builds the confusion
+counts at all T cutoffs as one Counts table (cutoff-dependent fields with a leading [T] axis),
+then jax.vmaps the metric over that table. Two exact ways to build the table:
+  'bucket' (default): sort the cutoffs; give every score the number of cutoffs strictly below
+             it (binary search with '>'); histogram those bucket numbers per class and per row,
+             split by truth; the count at cutoff j is the sum of the buckets above j.
+             O(N C log T + (N + C) T). The per-row part, read only by f1_samples, is dropped by
+             XLA when no metric reads it; where it is read, its dense [T, N] tables make
+             f1_samples over ~1000 cutoffs about as slow as 'compare' on CPU (exact either way).
+  'compare': compare all N x C scores with each cutoff, O(T N C): the definition, no scatter.
+Cutoffs may come in any order and repeat; a NaN cutoff is never exceeded (as with '>').
+Ties in the swept value go to the first (lowest-index) threshold of the grid, as argmax does.
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,66 +47,74 @@ SWEEP_METRICS = {
 PER_CLASS_METRICS = {"f1": lambda c: prf(c, None)[2], "accuracy": class_accuracy}
 """Per-class [C] metrics of Counts used by per_class_thresholds."""
 
-METHODS = ("auto", "compare", "sort")
-SORT_ABOVE = 100
-"""'auto' sorts when the grid has more cutoffs than this."""
+METHODS = ("bucket", "compare")
+
+PER_CUTOFF = Counts(tp=0, pp=0, pos=None, row_tp=0, row_pp=0, row_pos=None, n=None)
+"""vmap axes of a sweep's Counts table: tp, pp [T, C] and row_tp, row_pp [T, N] vary with the cutoff."""
 
 
-class SortedScores(NamedTuple):
-    """Scores prepared once so that the counts at any cutoff cost O(C log N) (+ O(N C) for row counts).
+def cutoffs_below(scores, grid):
+    """int32, shape of scores: how many cutoffs of the ascending grid [T] are strictly below each score.
 
-    keys [N, C]: scores, -inf for uncounted rows and NaN (never above a cutoff, as with '>');
-    truth [N, C]: positives of counted rows; columns [C, N]: keys sorted ascending per class;
-    cum_pos [C, N + 1]: positives among the k lowest keys of each class; n: counted rows.
+    score > grid[j] exactly when j < result; NaN scores get 0. Binary search over the grid padded
+    with +inf (never exceeded) to 2**L - 1 cutoffs: L = T.bit_length() steps.
     """
+    levels = grid.shape[0].bit_length()
+    padded = jnp.concatenate([grid, jnp.full((2**levels - 1 - grid.shape[0],), jnp.inf, grid.dtype)])
+    found = jnp.zeros(scores.shape, jnp.int32)
+    for level in reversed(range(levels)):
+        probe = found + (1 << level)  # at most 2**levels - 1: always a valid position
+        found = jnp.where(scores > padded.at[probe - 1].get(mode="promise_in_bounds"), probe, found)
+    return found
 
-    keys: jax.Array
-    truth: jax.Array
-    columns: jax.Array
-    cum_pos: jax.Array
-    n: jax.Array
+
+def counts_above(buckets, truth, size: int):
+    """(tp, pp) int32 [size, R]: for each column r of buckets/truth [K, R] (buckets in 0..size), how
+    many entries (tp: of them, true ones) have a bucket number above j, for every j < size.
+
+    One histogram of (size + 1) * R * 2 int32 bins (flat bin numbers: keep that below 2**31), then
+    a reverse associative scan over the buckets (XLA:CPU's cumsum is several times slower).
+    """
+    groups = buckets.shape[1]
+    bins = (buckets * groups + jnp.arange(groups)) * 2 + truth
+    hist = jnp.bincount(bins.ravel(), length=(size + 1) * groups * 2).reshape(size + 1, groups, 2)
+    above = jax.lax.associative_scan(jnp.add, hist[1:], reverse=True)  # [size, R, 2]
+    return above[..., 1], above[..., 0] + above[..., 1]
 
 
-def sort_scores(probs, truth, w) -> SortedScores:
-    """SortedScores of probs [N, C] (probabilities or any scores), truth bool [N, C], row weights w [N]."""
+def bucket_table(probs, truth, w, thresholds) -> Counts:
+    """Counts table (PER_CUTOFF axes) of probs [N, C] > each of thresholds [T], by bucketing."""
+    cutoffs = jnp.where(jnp.isnan(thresholds), jnp.inf, thresholds)  # both are never exceeded
+    order = jnp.argsort(cutoffs)
+    grid = cutoffs[order]
     keep = (w > 0)[:, None]
-    keys = jnp.where(keep & ~jnp.isnan(probs), probs, -jnp.inf).astype(jnp.float32)
     truth = truth & keep
-    order = jnp.argsort(keys, axis=0)
-    columns = jnp.take_along_axis(keys, order, axis=0).T
-    cum = jnp.cumsum(jnp.take_along_axis(truth, order, axis=0), axis=0, dtype=jnp.int32).T
-    cum_pos = jnp.concatenate([jnp.zeros((cum.shape[0], 1), jnp.int32), cum], axis=1)
-    return SortedScores(keys, truth, columns, cum_pos, jnp.sum(w > 0, dtype=jnp.int32))
+    buckets = jnp.where(keep, cutoffs_below(probs, grid), 0)
+    rank = jnp.argsort(order)  # where each given cutoff sits in the sorted grid
+    size = thresholds.shape[0]
+    tp, pp = (a[rank] for a in counts_above(buckets, truth, size))
+    row_tp, row_pp = (a[rank] for a in counts_above(buckets.T, truth.T, size))
+    pos, row_pos = jnp.sum(truth, axis=0, dtype=jnp.int32), jnp.sum(truth, axis=1, dtype=jnp.int32)
+    return Counts(tp, pp, pos, row_tp, row_pp, row_pos, jnp.sum(w > 0, dtype=jnp.int32))
 
 
-def counts_at(s: SortedScores, t) -> Counts:
-    """Counts of the decisions score > t, equal to counts_from_bools; per-class parts by binary search."""
-    at_or_below = jax.vmap(lambda col: jnp.searchsorted(col, t, side="right"))(s.columns)  # [C]
-    pos = s.cum_pos[:, -1]
-    tp = pos - jnp.take_along_axis(s.cum_pos, at_or_below[:, None], axis=1)[:, 0]
-    pp = s.columns.shape[1] - at_or_below
-    pred = s.keys > t  # row counts: O(N C), removed by XLA when no metric reads them
-    row_tp = jnp.sum(pred & s.truth, axis=1, dtype=jnp.int32)
-    row_pp = jnp.sum(pred, axis=1, dtype=jnp.int32)
-    row_pos = jnp.sum(s.truth, axis=1, dtype=jnp.int32)
-    return Counts(tp.astype(jnp.int32), pp.astype(jnp.int32), pos, row_tp, row_pp, row_pos, s.n)
-
-
-def counts_per_cutoff(probs, targs, thresholds, mask, method: str = "auto"):
-    """A function t -> Counts of the decisions probs > t, for jax.vmap over `thresholds` [T]."""
-    if method == "auto":
-        method = "sort" if thresholds.shape[0] > SORT_ABOVE else "compare"
+def sweep_table(probs, targs, thresholds, mask, method: str = "bucket") -> Counts:
+    """Counts table (PER_CUTOFF axes) of the decisions probs > t for every t in thresholds [T]."""
     truth, w = targs != 0, row_weights(mask, probs.shape[0])
-    if method == "compare":
-        return lambda t: counts_from_bools(probs > t, truth, w)
-    s = sort_scores(probs, truth, w)
-    return lambda t: counts_at(s, t)
+    if method == "bucket":
+        return bucket_table(probs, truth, w, thresholds)
+    return jax.vmap(lambda t: counts_from_bools(probs > t, truth, w), out_axes=PER_CUTOFF)(thresholds)
 
 
-def sweep_curves(probs, targs, thresholds, mask, metrics: tuple[str, ...], method: str = "auto") -> dict:
-    """{name: [T] values of SWEEP_METRICS[name] at every cutoff} from one vmap; pure, for use inside jit."""
-    counts = counts_per_cutoff(probs, targs, thresholds, mask, method)
-    return jax.vmap(lambda t: {m: SWEEP_METRICS[m](counts(t)) for m in metrics})(thresholds)
+def per_cutoff(metric, table: Counts):
+    """metric (a function of Counts) at every cutoff of a sweep table: one jax.vmap over [T]."""
+    return jax.vmap(metric, in_axes=(PER_CUTOFF,))(table)
+
+
+def sweep_curves(probs, targs, thresholds, mask, metrics: tuple[str, ...], method: str = "bucket") -> dict:
+    """{name: [T] values of SWEEP_METRICS[name] at every cutoff}; pure, for use inside jit."""
+    table = sweep_table(probs, targs, thresholds, mask, method)
+    return {m: per_cutoff(SWEEP_METRICS[m], table) for m in metrics}
 
 
 @partial(jax.jit, static_argnames=("sigmoid", "metric", "method"))
@@ -114,13 +125,13 @@ def _sweep(preds, targs, thresholds, mask, sigmoid, metric, method):
     return curve, thresholds[best], curve[best]
 
 
-def threshold_sweep(preds, targs, thresholds, sigmoid=False, metric="accuracy", mask=None, method="auto"):
+def threshold_sweep(preds, targs, thresholds, sigmoid=False, metric="accuracy", mask=None, method="bucket"):
     """Evaluate `metric` at every cutoff in one vmap: returns (curve [T], best threshold, best value).
 
     preds, targs: [N, C]; thresholds: [T]; metric: 'accuracy' (fastai accuracy_multi),
     'f1_micro', 'f1_macro', 'f1_samples' (sklearn semantics, 0/0 -> 0); mask: optional bool [N].
-    Ties go to the lowest-index threshold. method: 'auto' | 'compare' | 'sort' (same numbers, see
-    the module doc). Shapes and (sigmoid, metric, method) are static; the grid values are traced.
+    Ties go to the lowest-index threshold. method: 'bucket' | 'compare' (same numbers, see the
+    module doc). Shapes and (sigmoid, metric, method) are static; the grid values are traced.
     """
     preds, targs, mask = scores_and_targets(preds, targs, mask, where="threshold_sweep")
     thresholds = threshold_grid(thresholds, where="threshold_sweep")
@@ -132,13 +143,12 @@ def threshold_sweep(preds, targs, thresholds, sigmoid=False, metric="accuracy", 
 @partial(jax.jit, static_argnames=("sigmoid", "metric", "method"))
 def _per_class(preds, targs, thresholds, mask, sigmoid, metric, method):
     probs = jax.nn.sigmoid(preds) if sigmoid else preds
-    counts = counts_per_cutoff(probs, targs, thresholds, mask, method)
-    table = jax.vmap(lambda t: PER_CLASS_METRICS[metric](counts(t)))(thresholds)  # [T, C]
+    table = per_cutoff(PER_CLASS_METRICS[metric], sweep_table(probs, targs, thresholds, mask, method))  # [T, C]
     return thresholds[jnp.argmax(table, axis=0)]
 
 
 def per_class_thresholds(
-    preds, targs, thresholds=DEFAULT_THRESHOLDS, metric="f1", sigmoid=False, mask=None, method="auto"
+    preds, targs, thresholds=DEFAULT_THRESHOLDS, metric="f1", sigmoid=False, mask=None, method="bucket"
 ):
     """float32 [C]: for each class, the grid cutoff maximising that class's F1 (or accuracy).
 
