@@ -137,3 +137,18 @@ def test_bf16_compute_keeps_float32_params(ported):
 def test_unknown_arch_lists_valid_ones():
     with pytest.raises(PmlError, match="resnet7.*resnet18, resnet34, resnet50, resnet101, resnet152"):
         resnet("resnet7")
+
+
+@pytest.mark.parametrize("k, stride, pad, hw", [(3, 1, 1, (2, 2)), (3, 2, 1, (4, 3)), (7, 2, 3, (5, 7)),
+                                                (3, 1, 1, (4, 4)), (3, 2, 1, (7, 7))])
+def test_small_output_conv_as_patch_matmul_equals_the_convolution(k, stride, pad, hw):
+    from pml_jax.models.resnet import SMALL_OUTPUT, Conv
+
+    x = jax.random.normal(jax.random.key(1), (2, *hw, 5))
+    conv = Conv(6, k, stride, pad)
+    variables = conv.init(jax.random.key(0), x)
+    out_pixels = ((hw[0] + 2 * pad - k) // stride + 1) * ((hw[1] + 2 * pad - k) // stride + 1)
+    assert out_pixels <= SMALL_OUTPUT  # these shapes take the patch-matmul path
+    expected = jax.lax.conv_general_dilated(x, variables["params"]["kernel"], (stride, stride),
+                                            ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(conv.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
