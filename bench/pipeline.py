@@ -7,7 +7,8 @@ warm-up epoch, `pml_jax.data.pipeline.train_batches` (fastai RandomResizedCrop, 
 and the loader fastai's CPU path amounts to: per image PIL open -> RGB -> RandomResizedCrop
 params -> crop -> resize BILINEAR -> np.asarray, stacked into batches, one process. Prints
 images/s (wall) and CPU ms per image (all threads) of each, the ratio, per repeat and the best.
-tf.data "nondet" is deterministic=False (items may leave the parallel map out of order).
+tf.data "exact" is fastai's bits (fast_decode=False), "fast" decodes JPEGs at reduced DCT scale
+(fast_decode=True), "nondet" is deterministic=False (items may leave the parallel map out of order).
 """
 
 from __future__ import annotations
@@ -75,12 +76,17 @@ def pil_epoch(paths: list[str], size: int, batch: int, seed: int) -> int:
     return done
 
 
-def tf_epoch(items: LabelledImages, size: int, batch: int, epoch: int, deterministic: bool) -> int:
+def tf_epoch(items: LabelledImages, size: int, batch: int, epoch: int, fast: bool,
+             deterministic: bool) -> int:
     done = 0
     for b in pipeline.train_batches(items, size, batch, seed=0, epoch=epoch, process_index=0,
-                                    process_count=1, deterministic=deterministic):
+                                    process_count=1, fast_decode=fast, deterministic=deterministic):
         done += len(b["image"])
     return done
+
+
+TF_VARIANTS = (("tf.data exact", False, True), ("tf.data fast", True, True),
+               ("tf.data fast nondet", True, False))  # (name, fast_decode, deterministic)
 
 
 def rate(fn, epochs: int) -> tuple[float, float]:
@@ -107,12 +113,10 @@ def main():
               f"load avg {os.getloadavg()[0]:.1f}")
         best = {}
         for r in range(args.repeats):
-            got = {
-                "PIL": rate(lambda e: pil_epoch(paths, args.size, args.batch, e), args.epochs),
-                "tf.data": rate(lambda e: tf_epoch(items, args.size, args.batch, e, True), args.epochs),
-                "tf.data nondet": rate(lambda e: tf_epoch(items, args.size, args.batch, e, False),
-                                       args.epochs),
-            }
+            got = {"PIL": rate(lambda e: pil_epoch(paths, args.size, args.batch, e), args.epochs)}
+            for name, fast, det in TF_VARIANTS:
+                got[name] = rate(lambda e: tf_epoch(items, args.size, args.batch, e, fast, det),
+                                 args.epochs)
             for k, v in got.items():
                 best[k] = max(best.get(k, v), v)
             print(f"repeat {r} (load {os.getloadavg()[0]:.1f}): " + " | ".join(

@@ -20,6 +20,7 @@ HELP = {
     "size": "image side in pixels",
     "min_scale": "RandomResizedCrop's smallest area fraction",
     "flip": "random horizontal flips in training",
+    "fast_decode": "decode train JPEGs at a reduced scale when the crop allows (false: pixel-exact fastai crops)",
     "batch_size": "global batch size (all devices, all processes)",
     "arch": "resnet18 | resnet34 | resnet50 | resnet101 | resnet152",
     "pretrained": "IMAGENET1K_V1 | IMAGENET1K_V2 | timm/<repo> | a local .pth/.safetensors/.npz; none = from scratch",

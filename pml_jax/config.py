@@ -29,6 +29,7 @@ class Config:
     size: int = 64
     min_scale: float = 0.35
     flip: bool = False
+    fast_decode: bool = True  # False: train crops pixel-identical to fastai's (slower decode)
     batch_size: int = 64
     # model
     arch: str = "resnet18"

@@ -107,9 +107,11 @@ def test_train_order_is_seeded_per_epoch_and_resumable(solid):
     np.testing.assert_array_equal(order(0, 1, start_step=2), e1[8:])
 
 
-def test_train_crops_are_reproducible_and_change_with_epoch(noisy):
+@pytest.mark.parametrize("fast_decode", [False, True])
+def test_train_crops_are_reproducible_and_change_with_epoch(noisy, fast_decode):
     def epoch(e, **kw):
-        return collect(list(pipeline.train_batches(noisy, 24, 2, 7, e, **kw)))["image"]
+        return collect(list(pipeline.train_batches(noisy, 8, 2, 7, e, fast_decode=fast_decode,
+                                                   **kw)))["image"]
 
     a = epoch(3)
     np.testing.assert_array_equal(epoch(3), a)
@@ -223,6 +225,24 @@ def test_unreadable_image_names_the_file(tmp_path, damage):
         bad.unlink()
     with pytest.raises(PmlError, match=bad.name):
         list(pipeline.eval_batches(items, 8, 2))
+
+
+def test_unreadable_train_headers_are_all_named_before_any_batch(tmp_path):
+    items = make_items(tmp_path, 6, 1)
+    missing, garbage = (tmp_path / f for f in items.subset(False)["fname"][[1, 4]])
+    missing.unlink()
+    garbage.write_text("hello")
+    with pytest.raises(PmlError, match="cannot read 2 image") as err:
+        pipeline.train_batches(items, 8, 2, 0, 0, process_index=0, process_count=1)
+    assert missing.name in str(err.value) and garbage.name in str(err.value)
+
+
+def test_image_sizes_follow_file_changes(tmp_path):
+    path = tmp_path / "a.jpg"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(path)
+    assert pipeline._file_hw(str(path)) == (20, 30)
+    Image.fromarray(np.zeros((41, 17, 3), np.uint8)).save(path)
+    assert pipeline._file_hw(str(path)) == (41, 17)
 
 
 def test_reader_source_gives_the_same_batches_as_files(tmp_path, solid):

@@ -19,6 +19,7 @@ class DataLoaders:
     seed: int = 0
     min_scale: float = 0.35
     flip: bool = False
+    fast_decode: bool = True  # train JPEGs decoded at a reduced DCT scale when the crop allows (see pipeline)
     process_index: int | None = None
     process_count: int | None = None
 
@@ -35,7 +36,7 @@ class DataLoaders:
         """Epoch `epoch`'s shuffled, augmented batches from batch `start_step` on (for resuming)."""
         return pipeline.train_batches(
             self.items, self.size, self.batch_size, self.seed, epoch, start_step=start_step,
-            min_scale=self.min_scale, flip=self.flip,
+            min_scale=self.min_scale, flip=self.flip, fast_decode=self.fast_decode,
             process_index=self.process_index, process_count=self.process_count)
 
     def valid(self, is_valid: bool = True) -> Iterator[dict]:

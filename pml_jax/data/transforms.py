@@ -14,6 +14,12 @@ Randomness enters only as uniforms in [0, 1) (`N_UNIFORMS` per image, float64): 
 (randint(a, b) = a + floor(u·(b-a+1))), column 22 the optional flip.
 
 The resize is Pillow's own BILINEAR through tf.numpy_function: the exact bits fastai gets.
+
+Reduced-scale JPEG decoding (`reduced_jpeg_plan`, the pipeline's `fast_decode`): libjpeg's IDCT
+scaling decodes at 1/r of the resolution (r in JPEG_RATIOS) for little more than the entropy
+decoding. The crop window stays fastai's (original pixels); it maps to a fractional box of the
+1/r image and Pillow's BILINEAR resamples that box (`pil_resize(..., box=)`), so the geometry is
+exact and only the pixel source differs: a DCT-downscaled image instead of the full one.
 TF-only versions were measured against Pillow 13 and dropped: tf.image.resize(antialias=True)
 (the same triangle filter, float32 weights, one rounding) is off by 1 on ~10-20% of values and
 costs as much CPU as Pillow through numpy_function; emulating Pillow's two rounded passes
@@ -29,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 N_TRIES = 10
+JPEG_RATIOS = (1, 2, 4, 8)  # libjpeg's DCT scalings 1/r that TF's decode_jpeg exposes
 N_UNIFORMS = 2 * N_TRIES + 3
 RATIO = (3 / 4, 4 / 3)
 VAL_XTRA = 0.14
@@ -95,17 +102,49 @@ def crop_window(height, width, uniforms, min_scale: float = 0.35, max_scale: flo
     return pick(top_try, top_fb), pick(left_try, left_fb), pick(ch_try, ch_fb), pick(cw_try, cw_fb)
 
 
-def _pil_resize_array(image: np.ndarray, out_h, out_w) -> np.ndarray:
-    return np.asarray(Image.fromarray(image).resize((int(out_w), int(out_h)), Image.BILINEAR))
+def reduced_jpeg_plan(height, width, window, size: int):
+    """How to decode a train crop at the coarsest JPEG scale that still has >= `size` px per side.
+
+    height, width: int [...] (px); window: int [..., 4] (top, left, crop_height, crop_width) in
+    original px; size: output side (px). r = JPEG_RATIOS[k] is the largest ratio with
+    min(crop_height, crop_width) >= r·size (1 if none). Returns (k int32 [...], the window to
+    decode at scale 1/r as int32 [..., 4] (top, left, height, width) of the ceil(height/r) x
+    ceil(width/r) image, the crop's box in that decoded window's pixel coordinates as float32
+    [..., 4] (left, top, right, bottom), Pillow's `box` order).
+    """
+    window = tf.convert_to_tensor(window, tf.int32)
+    top, left, ch, cw = tf.unstack(window, axis=-1)
+    h, w = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
+    steps = tf.constant(JPEG_RATIOS[1:], tf.int32) * size
+    k = tf.reduce_sum(tf.cast(tf.minimum(ch, cw)[..., None] >= steps, tf.int32), axis=-1)
+    r = tf.gather(tf.constant(JPEG_RATIOS, tf.int32), k)
+    t0, l0 = top // r, left // r
+    b0 = tf.minimum(-(-(top + ch) // r), -(-h // r))
+    r0 = tf.minimum(-(-(left + cw) // r), -(-w // r))
+    rf = tf.cast(r, tf.float64)
+    f = lambda v: tf.cast(v, tf.float64)  # noqa: E731
+    box = tf.stack([f(left) / rf - f(l0), f(top) / rf - f(t0),
+                    f(left + cw) / rf - f(l0), f(top + ch) / rf - f(t0)], axis=-1)
+    return k, tf.stack([t0, l0, b0 - t0, r0 - l0], axis=-1), tf.cast(box, tf.float32)
 
 
-def pil_resize(image, out_h: int, out_w: int):
-    """`PIL.Image.resize((out_w, out_h), BILINEAR)` of a uint8 [h, w, 3] tensor -> uint8 [out_h, out_w, 3].
+def _pil_resize_array(image: np.ndarray, out_h, out_w, box) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((int(out_w), int(out_h)), Image.BILINEAR,
+                                                    box=tuple(float(v) for v in box)))
 
+
+def pil_resize(image, out_h: int, out_w: int, box=None):
+    """`PIL.Image.resize((out_w, out_h), BILINEAR, box)` of uint8 [h, w, 3] -> uint8 [out_h, out_w, 3].
+
+    box: float [4] (left, top, right, bottom) source region in pixel-edge coordinates (may be
+    fractional; Pillow's filter then reads pixels around it too); None = the whole image.
     Pillow itself, called from the graph (it releases the GIL while resampling, so tf.data's
     parallel map still uses every core).
     """
-    out = tf.numpy_function(_pil_resize_array, [image, out_h, out_w], tf.uint8, stateful=False)
+    if box is None:
+        shape = tf.cast(tf.shape(image), tf.float32)
+        box = tf.stack([0.0, 0.0, shape[1], shape[0]])
+    out = tf.numpy_function(_pil_resize_array, [image, out_h, out_w, box], tf.uint8, stateful=False)
     return tf.ensure_shape(out, [out_h, out_w, 3])
 
 
