@@ -55,7 +55,7 @@ def load_items(cfg: Config, log: Callable[[str], None] = print) -> LabelledImage
 
 def data_loaders(cfg: Config, items: LabelledImages) -> DataLoaders:
     return DataLoaders(items, size=cfg.size, batch_size=cfg.batch_size, seed=cfg.seed,
-                       min_scale=cfg.min_scale, flip=cfg.flip)
+                       min_scale=cfg.min_scale, flip=cfg.flip, fast_decode=cfg.fast_decode)
 
 
 def _dtype(cfg: Config):
@@ -82,6 +82,9 @@ def _prepare_workdir(cfg: Config, items: LabelledImages) -> Path:
 
 def train(cfg: Config, resume: bool = False, log: Callable[[str], None] = print) -> dict:
     """Train as the config says (fine_tune or fit_one_cycle), then write every output; returns the summary."""
+    checkpoints = Path(cfg.workdir) / "checkpoints"
+    if not resume and checkpoints.is_dir() and Checkpoints(checkpoints).latest_step() is not None:
+        raise PmlError(f"{cfg.workdir} already holds checkpoints: pass --resume or choose another --workdir")
     items = load_items(cfg, log)
     workdir = _prepare_workdir(cfg, items)
     dls = data_loaders(cfg, items)
@@ -91,8 +94,6 @@ def train(cfg: Config, resume: bool = False, log: Callable[[str], None] = print)
         learner = _learner(cfg, items, log, writer)
         if resume and learner.resume():
             log(f"resuming from {learner.checkpoints.latest_step()} in {learner.checkpoints.directory}")
-        elif not resume and learner.checkpoints.latest_step() is not None:
-            raise PmlError(f"{workdir} already holds checkpoints: pass --resume or choose another --workdir")
         if cfg.schedule == "fine_tune":
             learner.fine_tune(cfg.epochs, cfg.base_lr, cfg.freeze_epochs, cfg.lr_mult, cfg.pct_start)
         else:

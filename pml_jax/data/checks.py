@@ -85,8 +85,8 @@ def image_problem(path: Path, max_pixels: int) -> str | None:
         size = os.stat(path).st_size
     except FileNotFoundError:
         return "missing"
-    except OSError as e:
-        return f"unreadable ({e.strerror})"
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
+        return f"unreadable ({getattr(e, 'strerror', None) or e})"
     if not Path(path).is_file():
         return "not a file"
     if size == 0:

@@ -30,6 +30,7 @@ costs as much CPU as Pillow through numpy_function; emulating Pillow's two round
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 from PIL import Image
@@ -41,6 +42,12 @@ RATIO = (3 / 4, 4 / 3)
 VAL_XTRA = 0.14
 
 _GPU_HIDDEN = False
+
+
+# TF only decodes and crops here: its oneDNN float kernels are not needed, and their start-up
+# notice is noise in every run's output.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def import_tf():

@@ -23,7 +23,8 @@ class Checkpoints:
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=False),
+                max_to_keep=keep, create=True, enable_async_checkpointing=False,
+                cleanup_tmp_directories=True),  # what a crash mid-save left behind
         )
 
     def save(self, step: int, state: Any, meta: dict) -> None:

@@ -127,7 +127,7 @@ class Learner:
                 if pending is not None:
                     smooth, count = self._record(*pending, smooth, count, phase, step0, bar)
                 pending = (s, loss)
-                if signals.raised is not None:
+                if signals.raised is not None and i + 1 < spe:  # at an epoch's last step: finish it first
                     smooth, count = self._record(*pending, smooth, count, phase, step0, bar)
                     self._adopt(state)
                     self._save(p, s + 1, state.opt_state, phase.frozen, smooth, count)
@@ -141,6 +141,8 @@ class Learner:
                    **valid, "time": time.perf_counter() - t0}
             self._log_row(row, step0 + (epoch + 1) * spe)
             self._save(p, (epoch + 1) * spe, state.opt_state, phase.frozen, smooth, count)
+            if signals.raised is not None:
+                raise StopRequested(f"stopped by signal {signals.raised} after epoch {epoch} of phase {p}")
 
     def _record(self, s: int, loss, smooth: float, count: int, phase: Phase, step0: int, bar):
         """Check and log the loss of step `s` of `phase`; returns the updated smoothed-loss state."""
@@ -242,6 +244,7 @@ class Learner:
             return False
         opt_state, meta = self._restore(None)
         self.history = list(meta["history"])
+        self._write_metrics(self.history, "w")  # drop rows of epochs replayed after a crash
         self._resume = {**meta, "opt_state": opt_state}
         return True
 
@@ -272,9 +275,13 @@ class Learner:
                      f"{'mAP':>7} {'time':>7}")
         self.log(f"{row['epoch']:>5} {row['train_loss']:>10.6f} {row['valid_loss']:>10.6f} "
                  f"{row['accuracy_multi']:>14.6f} {row['mAP']:>7.4f} {_clock(row['time']):>7}")
+        self._write_metrics([row], "a")
+
+    def _write_metrics(self, rows: list[dict], mode: str) -> None:
+        """Append (mode 'a') or rewrite ('w') workdir/metrics.jsonl, one JSON row per epoch."""
         if self.workdir is not None and jax.process_index() == 0:
-            with open(self.workdir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            with open(self.workdir / "metrics.jsonl", mode) as f:
+                f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
 def _clock(seconds: float) -> str:
