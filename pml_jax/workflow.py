@@ -155,7 +155,8 @@ def export_model(path: Path, learner: Learner, cfg: Config, vocab, summary: dict
     """Save params, stats, config, vocab and the chosen thresholds as the run's final model."""
     meta = {"config": json.loads(cfg.to_json()), "vocab": list(vocab), "thresh": cfg.thresh,
             "best_thresh": summary["best_thresh"], "per_class_thresholds": summary["per_class_thresholds"]}
-    Checkpoints(path, keep=1).save(0, {"params": learner.params, "batch_stats": learner.batch_stats}, meta)
+    store = Checkpoints(path, keep=1)  # a new step, so the previous export stays until this one is complete
+    store.save((store.latest_step() or 0) + 1, {"params": learner.params, "batch_stats": learner.batch_stats}, meta)
 
 
 def load_model(workdir: str | Path):
