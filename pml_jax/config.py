@@ -88,6 +88,7 @@ PRESETS: dict[str, Config] = {
     "fastbook": Config(
         source="pascal_2007",
         size=128,
+        fast_decode=False,  # train crops pixel-identical to fastai's
         arch="resnet50",
         pretrained="IMAGENET1K_V1",
         schedule="fine_tune",

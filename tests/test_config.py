@@ -12,7 +12,7 @@ def test_fastbook_preset_is_the_chapter():
     assert (cfg.source, cfg.arch, cfg.pretrained, cfg.size, cfg.min_scale, cfg.batch_size) == (
         "pascal_2007", "resnet50", "IMAGENET1K_V1", 128, 0.35, 64)
     assert (cfg.schedule, cfg.epochs, cfg.freeze_epochs, cfg.base_lr, cfg.thresh) == ("fine_tune", 3, 4, 3e-3, 0.2)
-    assert (cfg.lr_mult, cfg.pct_start, cfg.wd, cfg.flip) == (100.0, 0.3, 0.01, False)
+    assert (cfg.lr_mult, cfg.pct_start, cfg.wd, cfg.flip, cfg.fast_decode) == (100.0, 0.3, 0.01, False, False)
 
 
 @pytest.mark.parametrize("changes, message", [
