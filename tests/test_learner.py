@@ -7,7 +7,7 @@ import signal
 import jax
 import numpy as np
 import pytest
-from tiny import tiny_dls, tiny_model
+from tiny import Hooked, tiny_dls, tiny_model
 
 from pml_jax.errors import PmlError
 from pml_jax.train.interrupt import StopRequested
@@ -55,21 +55,15 @@ def test_frozen_phase_trains_only_head_and_batchnorm(data_root):
     assert not np.array_equal(stats_before["body"]["bn1"]["mean"], jax.device_get(learn.batch_stats)["body"]["bn1"]["mean"])
 
 
-class SignalAt:
-    """DataLoaders stand-in that sends SIGTERM to this process while yielding train batch `at`."""
+def sigterm_at(at):
+    """A Hooked hook that sends SIGTERM to this process while yielding train batch `at`."""
 
-    def __init__(self, dls, at):
-        self.dls, self.at, self.seen = dls, at, 0
+    def hook(n, batch):
+        if n == at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return batch
 
-    def __getattr__(self, name):
-        return getattr(self.dls, name)
-
-    def train(self, epoch, start_step=0):
-        for batch in self.dls.train(epoch, start_step):
-            if self.seen == self.at:
-                os.kill(os.getpid(), signal.SIGTERM)
-            self.seen += 1
-            yield batch
+    return hook
 
 
 def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(data_root, tmp_path):
@@ -79,7 +73,7 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(data_root, tmp_path
     dls = tiny_dls(data_root)
     spe = dls.steps_per_epoch
     at = spe + 1  # the second batch of the unfrozen phase
-    cut = make_learner(data_root, tmp_path / "cut", dls=SignalAt(dls, at))
+    cut = make_learner(data_root, tmp_path / "cut", dls=Hooked(dls, sigterm_at(at)))
     with pytest.raises(StopRequested):
         cut.fine_tune(1, base_lr=1e-2, freeze_epochs=1)
     assert cut.checkpoints.read_meta()["step_in_phase"] == 2
@@ -106,19 +100,14 @@ def test_lr_find_leaves_the_model_untouched(data_root):
         np.testing.assert_array_equal(a, b)
 
 
-class NanAt(SignalAt):
-    def train(self, epoch, start_step=0):
-        for batch in self.dls.train(epoch, start_step):
-            if self.seen == self.at:
-                batch = {**batch, "target": np.full_like(batch["target"], np.nan)}
-            self.seen += 1
-            yield batch
-
-
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(data_root, tmp_path):
     dls = tiny_dls(data_root)
     at = dls.steps_per_epoch + 1  # global step 1 of epoch 1
-    learn = make_learner(data_root, tmp_path, dls=NanAt(dls, at))
+
+    def nan_targets(n, batch):
+        return {**batch, "target": np.full_like(batch["target"], np.nan)} if n == at else batch
+
+    learn = make_learner(data_root, tmp_path, dls=Hooked(dls, nan_targets))
     with pytest.raises(PmlError, match=f"global step {at}"):
         learn.fit_one_cycle(2, 1e-2)
     assert learn.checkpoints.latest_step() == dls.steps_per_epoch

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from tiny import tiny_dls, tiny_model
+from tiny import Hooked, tiny_dls, tiny_model
 
 from pml_jax.cli import main
 from pml_jax.data.dataset import LabelledImages
@@ -320,31 +320,16 @@ def learner(root, workdir=None, dls=None):
     return Learner(model, variables, dls, workdir=workdir, progress=False, log=lambda _: None)
 
 
-class Hooked:
-    """DataLoaders stand-in calling `hook(n)` before yielding train batch n (counted over all epochs)."""
-
-    def __init__(self, dls, hook):
-        self.dls, self.hook, self.seen = dls, hook, 0
-
-    def __getattr__(self, name):
-        return getattr(self.dls, name)
-
-    def train(self, epoch, start_step=0):
-        for batch in self.dls.train(epoch, start_step):
-            self.hook(self.seen)
-            self.seen += 1
-            yield batch
-
-
 def test_sigterm_at_an_epochs_last_step_keeps_its_row_and_resume_rewrites_metrics(tiny_root, tmp_path):
     full = learner(tiny_root, tmp_path / "full")
     full.fit_one_cycle(2, 1e-2)
     dls = tiny_dls(tiny_root)
     spe = dls.steps_per_epoch
 
-    def term(n):
+    def term(n, batch):
         if n == spe - 1:
             os.kill(os.getpid(), signal.SIGTERM)
+        return batch
 
     cut = learner(tiny_root, tmp_path / "cut", Hooked(dls, term))
     with pytest.raises(StopRequested, match="after epoch 0"):
@@ -365,9 +350,10 @@ def test_validation_image_deleted_mid_run_stops_naming_it_and_keeps_the_checkpoi
     spe = dls.steps_per_epoch
     victim = dls.items.paths(True)[3]
 
-    def delete(n):
+    def delete(n, batch):
         if n == spe:  # epoch 1 starts: long after the images were checked
             os.rename(victim, victim + ".away")
+        return batch
 
     learn = learner(tiny_root, tmp_path, Hooked(dls, delete))
     try:

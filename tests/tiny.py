@@ -22,3 +22,20 @@ def tiny_dls(root, n_images: int = 40, size: int = 32, batch_size: int = 8, **kw
     """A small synthetic set (generated into `root`) with its loaders."""
     items = synthetic(root=root, n_images=n_images, min_side=40, max_side=64)
     return DataLoaders(items, size=size, batch_size=batch_size, seed=1, **kwargs)
+
+
+class Hooked:
+    """DataLoaders stand-in yielding `hook(n, batch)` for train batch n (counted over all epochs):
+    the hook may act (send a signal, delete a file) and returns the batch to train on."""
+
+    def __init__(self, dls, hook):
+        self.dls, self.hook, self.seen = dls, hook, 0
+
+    def __getattr__(self, name):
+        return getattr(self.dls, name)
+
+    def train(self, epoch, start_step=0):
+        for batch in self.dls.train(epoch, start_step):
+            batch = self.hook(self.seen, batch)
+            self.seen += 1
+            yield batch

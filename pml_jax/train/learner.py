@@ -14,11 +14,10 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from tqdm.auto import tqdm
 
 from pml_jax.errors import PmlError
-from pml_jax.metrics import MetricAccumulator
+from pml_jax.metrics import MetricAccumulator, epoch_metrics
 from pml_jax.train.checkpoint import Checkpoints
 from pml_jax.train.groups import N_GROUPS, decay_mask, param_groups, split_trainable, trainable_mask
 from pml_jax.train.interrupt import SignalFlag, StopRequested
@@ -182,9 +181,7 @@ class Learner:
     def validate(self, is_valid: bool = True) -> dict:
         """valid_loss (mean over real items), accuracy_multi at `thresh` and mAP."""
         probs, targs, mask, loss = self.get_preds(is_valid)
-        m = MetricAccumulator()
-        m.update(probs, targs, mask)
-        metrics = m.compute(thresh=self.thresh)
+        metrics = jax.device_get(epoch_metrics(probs, targs, mask, thresh=self.thresh))
         valid_loss = float(jnp.sum(jnp.where(mask, loss, 0.0)) / jnp.sum(mask))
         return {"valid_loss": valid_loss, "accuracy_multi": float(metrics["accuracy_multi"]),
                 "mAP": float(metrics["mAP"])}
