@@ -110,8 +110,8 @@ def report(cfg: Config, items: LabelledImages, learner: Learner, log) -> dict:
     workdir = Path(cfg.workdir)
     probs, targs, mask, _ = learner.get_preds()
     m = jax.device_get(epoch_metrics(probs, targs, mask, thresh=cfg.thresh, thresholds=SWEEP))
-    keep = np.asarray(jax.device_get(mask))
-    p, t = np.asarray(jax.device_get(probs))[keep], np.asarray(jax.device_get(targs))[keep]
+    probs, targs, keep = (np.asarray(x) for x in jax.device_get((probs, targs, mask)))  # one transfer
+    p, t = probs[keep], targs[keep]
     per_class = np.asarray(per_class_thresholds(p, t, thresholds=np.linspace(0.01, 0.99, 99)))
     summary = {
         "n_valid": int(keep.sum()), "thresh": cfg.thresh,

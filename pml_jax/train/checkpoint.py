@@ -61,6 +61,3 @@ class Checkpoints:
         if step is None:
             raise PmlError(f"no checkpoint found in {self.directory}")
         return step
-
-    def close(self) -> None:
-        self._manager.close()

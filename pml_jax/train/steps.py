@@ -70,14 +70,3 @@ def make_eval_step(model, dtype=jnp.float32) -> Callable:
         return jax.nn.sigmoid(logits.astype(jnp.float32)), bce_loss(logits, batch["target"])
 
     return jax.jit(step)
-
-
-def make_predict_step(model, dtype=jnp.float32) -> Callable:
-    """Compile `step(params, batch_stats, images uint8 [B,H,W,3]) -> probs float32 [B,C]`."""
-
-    def step(params, batch_stats, images):
-        logits = model.apply({"params": params, "batch_stats": batch_stats},
-                             normalize(images, dtype), train=False)
-        return jax.nn.sigmoid(logits.astype(jnp.float32))
-
-    return jax.jit(step)
