@@ -7,7 +7,7 @@ import dataclasses
 import os
 import sys
 
-from pml_jax.config import DTYPES, MODES, PRESETS, SCHEDULES, SOURCES, Config, preset
+from pml_jax.config import DTYPES, HEADS, MODES, PRESETS, SCHEDULES, SOURCES, Config, preset
 from pml_jax.errors import PmlError
 from pml_jax.train.interrupt import StopRequested
 
@@ -24,6 +24,7 @@ HELP = {
     "batch_size": "global batch size (all devices, all processes)",
     "arch": "resnet18 | resnet34 | resnet50 | resnet101 | resnet152",
     "pretrained": "IMAGENET1K_V1 | IMAGENET1K_V2 | timm/<repo> | a local .pth/.safetensors/.npz; none = from scratch",
+    "head": "fastai (create_head, for fine-tuning) | linear (torchvision's avg pool + Linear, for from scratch)",
     "dtype": "compute dtype (params stay float32)",
     "schedule": "fine_tune (pretrained) or one_cycle (from scratch)",
     "epochs": "epochs (the unfrozen epochs for fine_tune)",
@@ -36,7 +37,7 @@ HELP = {
     "seed": "seed of everything random",
     "workdir": "where outputs and checkpoints go",
 }
-CHOICES = {"source": SOURCES, "schedule": SCHEDULES, "dtype": DTYPES}
+CHOICES = {"source": SOURCES, "head": HEADS, "schedule": SCHEDULES, "dtype": DTYPES}
 
 
 def _bool(text: str) -> bool:

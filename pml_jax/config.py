@@ -11,6 +11,7 @@ from typing import Any
 from pml_jax.errors import PmlError
 
 SOURCES = ("synthetic", "pascal_2007", "voc", "tfds", "csv")
+HEADS = ("fastai", "linear")  # classifier heads (pml_jax.models.create_model)
 SCHEDULES = ("fine_tune", "one_cycle")
 DTYPES = ("float32", "bfloat16")
 MODES = ("train", "lr_find", "evaluate", "predict")
@@ -34,6 +35,7 @@ class Config:
     # model
     arch: str = "resnet18"
     pretrained: str | None = None  # None | IMAGENET1K_V1 | IMAGENET1K_V2 | timm/<repo> | a local file
+    head: str = "fastai"  # fastai's create_head, or "linear": torchvision's avg pool + Linear
     dtype: str = "float32"
     # schedule
     schedule: str = "one_cycle"
@@ -50,7 +52,8 @@ class Config:
     workdir: str = "runs/demo"
 
     def __post_init__(self):
-        for name, allowed in (("source", SOURCES), ("schedule", SCHEDULES), ("dtype", DTYPES)):
+        for name, allowed in (("source", SOURCES), ("head", HEADS), ("schedule", SCHEDULES),
+                              ("dtype", DTYPES)):
             value = getattr(self, name)
             if value not in allowed:
                 raise PmlError(f"{name}={value!r} is not one of {list(allowed)}")
@@ -82,8 +85,9 @@ class Config:
 
 PRESETS: dict[str, Config] = {
     # The embedded synthetic set, resnet18 from scratch at 64 px. Milder crops than fastai's 0.35
-    # (whose crops often cut a labelled shape out of these 4-object scenes) and flips.
-    "demo": Config(min_scale=0.75, flip=True, epochs=10),
+    # (whose crops often cut a labelled shape out of these 4-object scenes) and flips. The linear
+    # head: fastai's (made for pretrained bodies) learns from scratch several times slower.
+    "demo": Config(min_scale=0.75, flip=True, head="linear", epochs=10),
     # fastbook chapter 6 exactly: pascal_2007, pretrained resnet50, fine_tune(3, 3e-3, freeze_epochs=4).
     "fastbook": Config(
         source="pascal_2007",

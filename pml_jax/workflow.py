@@ -64,7 +64,7 @@ def _dtype(cfg: Config):
 
 def _learner(cfg: Config, items: LabelledImages, log, writer=None, checkpoints: bool = True) -> Learner:
     model, variables = create_model(cfg.arch, len(items.vocab), cfg.pretrained, dtype=_dtype(cfg),
-                                    seed=cfg.seed)
+                                    seed=cfg.seed, head=cfg.head)
     meta = {"config": json.loads(cfg.to_json()), "vocab": list(items.vocab)}
     return Learner(model, variables, data_loaders(cfg, items), wd=cfg.wd, thresh=cfg.thresh,
                    dtype=_dtype(cfg), seed=cfg.seed, workdir=cfg.workdir if checkpoints else None,
@@ -166,7 +166,8 @@ def load_model(workdir: str | Path):
         raise PmlError(f"no trained model in {Path(workdir) / 'model'}: run training with this --workdir first")
     meta = store.read_meta()
     cfg = Config(**meta["config"])
-    model, variables = create_model(cfg.arch, len(meta["vocab"]), None, dtype=_dtype(cfg), seed=cfg.seed)
+    model, variables = create_model(cfg.arch, len(meta["vocab"]), None, dtype=_dtype(cfg), seed=cfg.seed,
+                                    head=cfg.head)
     state, meta = store.restore({"params": variables["params"], "batch_stats": variables["batch_stats"]})
     return model, state, meta
 

@@ -17,6 +17,7 @@ def test_fastbook_preset_is_the_chapter():
 
 @pytest.mark.parametrize("changes, message", [
     ({"source": "imagenet"}, "source='imagenet'"),
+    ({"head": "mlp"}, "head='mlp'"),
     ({"epochs": 0}, "epochs must be positive"),
     ({"min_scale": 0.0}, "min_scale"),
     ({"thresh": -0.1}, "thresh"),
@@ -31,6 +32,8 @@ def test_flags_override_the_preset_and_none_clears_weights():
     args = parser().parse_args(["--preset", "fastbook", "--epochs", "5", "--pretrained", "none", "--flip", "true"])
     cfg = config_from(args)
     assert (cfg.epochs, cfg.pretrained, cfg.flip, cfg.arch) == (5, None, True, "resnet50")
+    assert cfg.head == "fastai" and config_from(parser().parse_args([])).head == "linear"
+    assert config_from(parser().parse_args(["--head", "fastai"])).head == "fastai"
 
 
 def test_unknown_preset_is_refused():

@@ -1,4 +1,5 @@
-"""fastai head vs the real fastai 2.8 create_head (golden fixtures), inits, dropout; create_model."""
+"""fastai head vs the real fastai 2.8 create_head (golden fixtures), inits, dropout; the linear
+head; create_model."""
 
 import importlib.util
 import math
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from pml_jax.errors import PmlError
-from pml_jax.models import Classifier, concat_pool, create_head, create_model
+from pml_jax.models import Classifier, LinearHead, concat_pool, create_head, create_model, resnet
 from pml_jax.models.head import head_dropouts
 
 _spec = importlib.util.spec_from_file_location(
@@ -178,3 +179,37 @@ def test_create_model_builds_body_plus_head(model18):
 def test_create_model_rejects_unknown_arch():
     with pytest.raises(PmlError, match="unknown arch 'resnet51'.*resnet50"):
         create_model("resnet51", 3)
+
+
+def test_linear_head_is_the_torchvision_classifier():
+    """Classifier(body, LinearHead) computes what torchvision's ResNet with its own `fc` computes."""
+    module, variables = create_model("resnet18", 5, seed=3, head="linear")
+    assert isinstance(module.head, LinearHead)
+    assert set(variables["params"]["head"]) == {"fc"} and variables["batch_stats"]["head"] == {}
+    full = resnet("resnet18", num_classes=5)
+    full_vars = {"params": {**variables["params"]["body"], "fc": variables["params"]["head"]["fc"]},
+                 "batch_stats": variables["batch_stats"]["body"]}
+    x = rule.images(1, (2, 64, 64, 3))
+    np.testing.assert_allclose(module.apply(variables, x), full.apply(full_vars, x), rtol=1e-5, atol=1e-5)
+    logits, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert logits.shape == (2, 5)
+    assert jax.tree_util.tree_structure(updates) == jax.tree_util.tree_structure(
+        {"batch_stats": variables["batch_stats"]})  # the train step's state keeps its structure
+
+
+def test_linear_head_init_is_torch_linear_default():
+    """weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as torch.nn.Linear(512, n) draws them."""
+    _, variables = create_model("resnet18", 200, seed=0, head="linear")
+    fc = variables["params"]["head"]["fc"]
+    bound = 1 / math.sqrt(512)
+    assert fc["kernel"].shape == (512, 200) and fc["bias"].shape == (200,)
+    for leaf in (fc["kernel"], fc["bias"]):
+        assert float(jnp.abs(leaf).max()) <= bound
+    assert abs(float(fc["kernel"].std()) - bound / math.sqrt(3)) < 0.02 * bound
+
+
+def test_create_model_refuses_unknown_heads_and_options_for_the_linear_head():
+    with pytest.raises(PmlError, match="head='mlp'"):
+        create_model("resnet18", 3, head="mlp")
+    with pytest.raises(PmlError, match="linear head takes no options"):
+        create_model("resnet18", 3, head="linear", ps=0.1)

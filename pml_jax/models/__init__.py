@@ -1,7 +1,7 @@
-"""torchvision-exact ResNets, the fastai head, the fine-tuning classifier and weight porting."""
+"""torchvision-exact ResNets, the fastai and linear heads, the fine-tuning classifier and weight porting."""
 
-from pml_jax.models.classifier import Classifier, create_model
-from pml_jax.models.head import Head, concat_pool, create_head
+from pml_jax.models.classifier import HEADS, Classifier, create_model
+from pml_jax.models.head import Head, LinearHead, concat_pool, create_head
 from pml_jax.models.resnet import ARCHS, BatchNorm, ResNet, init_variables, num_features, resnet
 from pml_jax.models.weights import fetch, load_state_dict, port_torchvision, pretrained_variables
 
@@ -9,7 +9,9 @@ __all__ = [
     "ARCHS",
     "BatchNorm",
     "Classifier",
+    "HEADS",
     "Head",
+    "LinearHead",
     "ResNet",
     "concat_pool",
     "create_head",

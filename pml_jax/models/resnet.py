@@ -80,6 +80,12 @@ class BatchNorm(nn.Module):
         return (xf * mul + (bias.astype(jnp.float32) - mean * mul)).astype(self.dtype)
 
 
+def torch_linear(features: int, fan_in: int, name: str) -> nn.Dense:
+    """A float32 `torch.nn.Linear(fan_in, features)` with torch's default init of weight and bias."""
+    return nn.Dense(features, kernel_init=linear_init, bias_init=linear_bias_init(fan_in),
+                    dtype=jnp.float32, param_dtype=jnp.float32, name=name)
+
+
 SMALL_OUTPUT = 16  # output pixels at or below which a k x k conv runs as a patch matmul (see Conv)
 
 
@@ -207,15 +213,7 @@ class ResNet(nn.Module):
         if self.num_classes is None:
             return x
         pooled = x.astype(jnp.float32).mean(axis=(1, 2))
-        fc = nn.Dense(
-            self.num_classes,
-            kernel_init=linear_init,
-            bias_init=linear_bias_init(pooled.shape[-1]),
-            dtype=jnp.float32,
-            param_dtype=jnp.float32,
-            name="fc",
-        )
-        return fc(pooled)
+        return torch_linear(self.num_classes, pooled.shape[-1], name="fc")(pooled)
 
 
 def check_arch(arch: str) -> tuple[str, tuple[int, ...]]:
