@@ -12,6 +12,11 @@ import optax
 from pml_jax.data.normalize import normalize
 from pml_jax.train.groups import merge_trainable, split_trainable
 
+# XLA options of the eval step on CPU. YNNPACK fusion off: eval steps 1.33x (resnet18) and 1.08x
+# (resnet50) faster at 128 px, batch 32, where train steps lost (resnet50 0.70x, frozen resnet18
+# 0.71x), so training keeps XLA's defaults. Measured A/B, interleaved, in one process.
+CPU_EVAL_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -61,7 +66,7 @@ def make_eval_step(model, dtype=jnp.float32) -> Callable:
     """Compile `step(params, batch_stats, batch) -> (probs float32 [B,C], loss float32 [B])`.
 
     Eval mode (running BatchNorm stats, no dropout); the loss is per item so padded rows can be
-    masked out by the caller.
+    masked out by the caller. On CPU it compiles with `CPU_EVAL_OPTIONS`.
     """
 
     def step(params, batch_stats, batch: dict):
@@ -69,4 +74,4 @@ def make_eval_step(model, dtype=jnp.float32) -> Callable:
                              normalize(batch["image"], dtype), train=False)
         return jax.nn.sigmoid(logits.astype(jnp.float32)), bce_loss(logits, batch["target"])
 
-    return jax.jit(step)
+    return jax.jit(step, compiler_options=CPU_EVAL_OPTIONS if jax.default_backend() == "cpu" else None)

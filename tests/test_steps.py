@@ -1,0 +1,23 @@
+"""The jitted eval step (compiled with its CPU XLA options) computes the model's probabilities and loss."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pml_jax.data.normalize import normalize
+from pml_jax.models import create_model
+from pml_jax.train.steps import make_eval_step
+
+
+def test_eval_step_matches_the_model_applied_directly():
+    model, variables = create_model("resnet18", 4, seed=1, lin_ftrs=[8])
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8),
+             "target": (rng.random((3, 4)) < 0.5).astype(np.float32)}
+    probs, loss = make_eval_step(model)(variables["params"], variables["batch_stats"], batch)
+    logits = model.apply(variables, normalize(jnp.asarray(batch["image"])), train=False)
+    np.testing.assert_allclose(probs, jax.nn.sigmoid(logits), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loss, optax.sigmoid_binary_cross_entropy(logits, batch["target"]).mean(-1),
+                               rtol=1e-5, atol=1e-6)
+    assert probs.shape == (3, 4) and loss.shape == (3,)
