@@ -36,6 +36,7 @@ def test_train_writes_every_output(trained):
     assert set(summary["per_class_thresholds"]) == set(vocab)
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0]
+    assert json.loads((workdir / "config.json").read_text())["head"] == "linear"  # the demo's head
 
 
 @pytest.mark.slow
