@@ -48,6 +48,19 @@ def test_from_csv_other_columns_and_delimiter_are_normalised():
     assert list(items.df["is_valid"]) == [True, False]
 
 
+def test_from_csv_numeric_and_list_labels_are_kept():
+    """Class ids (ints, or floats after pandas filled a gap with NaN) and lists are labels, not 'no label'."""
+    ids = pd.DataFrame({"fname": ["a.png", "b.png", "c.png"], "labels": [3, 12, 3], "is_valid": False})
+    assert list(from_csv(ids, "/imgs").df["labels"]) == ["3", "12", "3"]
+    gaps = pd.DataFrame({"fname": ["a.png", "b.png"], "labels": [7, None], "is_valid": False})
+    assert gaps["labels"].dtype == float
+    items = from_csv(gaps, "/imgs")
+    assert list(items.df["labels"]) == ["7", ""] and items.vocab == ("7",)
+    lists = pd.DataFrame({"fname": ["a.png", "b.png"], "labels": [["cat", "dog"], []], "is_valid": False})
+    items = from_csv(lists, "/imgs")
+    assert list(items.df["labels"]) == ["cat dog", ""] and items.vocab == ("cat", "dog")
+
+
 def test_from_csv_label_with_space_under_other_delimiter_is_refused():
     df = pd.DataFrame({"fname": ["x.png"], "labels": ["dining table,person"]})
     with pytest.raises(PmlError, match="row 0.*'dining table'"):

@@ -77,7 +77,7 @@ def from_csv(
     name: str | None = None,
 ) -> LabelledImages:
     """Items from a table: `fname_col` (path relative to `image_root`), `label_col` (labels joined by
-    `label_delim`, empty = no label) and, if `valid_col` is a column, the split. Without that column
+    `label_delim`, a number, or a list of labels in a DataFrame; empty = no label) and, if `valid_col` is a column, the split. Without that column
     a seeded random `valid_pct` split is made (see `random_split`). Labels are normalised to
     space-separated; vocab is the sorted union over both splits.
     """
@@ -101,11 +101,29 @@ def from_csv(
     return LabelledImages(out, Path(image_root), vocab_of(labels), name=name or Path(where).stem)
 
 
+def _label_token(value) -> str:
+    """One label as text: 3 and 3.0 -> '3' (pandas turns an int column with gaps into floats)."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    return str(value)
+
+
+def _cell_labels(cell, delim: str) -> list[str]:
+    """The labels of one table cell: a delimited string, a number (a class id), a list/tuple/array
+    of labels, or empty (NaN, None, '')."""
+    if isinstance(cell, (list, tuple, np.ndarray)):
+        return [_label_token(v) for v in cell]
+    if cell is None or (not isinstance(cell, str) and pd.isna(cell)):
+        return []
+    return split_labels(cell if isinstance(cell, str) else _label_token(cell), delim)
+
+
 def _normalise_labels(labels, delim: str, where: str) -> str:
-    """'cat,dog' (delim ',') -> 'cat dog'; a label that itself contains whitespace raises PmlError."""
+    """'cat,dog' (delim ',') -> 'cat dog'; 7 -> '7'; ['cat', 'dog'] -> 'cat dog'; a label that itself
+    contains whitespace raises PmlError."""
     if not delim:
         raise PmlError("label_delim must not be empty")
-    tokens = [t.strip() for t in split_labels(labels, delim)]
+    tokens = [t.strip() for t in _cell_labels(labels, delim)]
     for t in tokens:
         if any(c.isspace() for c in t):
             raise PmlError(f"{where}: label {t!r} contains whitespace; labels must be single words")
