@@ -62,9 +62,13 @@ def _dtype(cfg: Config):
     return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
 
 
+def _model(cfg: Config, n_out: int, pretrained: str | None):
+    """The config's model (arch, head, dtype, seed) for `n_out` classes and its variables."""
+    return create_model(cfg.arch, n_out, pretrained, dtype=_dtype(cfg), seed=cfg.seed, head=cfg.head)
+
+
 def _learner(cfg: Config, items: LabelledImages, log, writer=None, checkpoints: bool = True) -> Learner:
-    model, variables = create_model(cfg.arch, len(items.vocab), cfg.pretrained, dtype=_dtype(cfg),
-                                    seed=cfg.seed, head=cfg.head)
+    model, variables = _model(cfg, len(items.vocab), cfg.pretrained)
     meta = {"config": json.loads(cfg.to_json()), "vocab": list(items.vocab)}
     return Learner(model, variables, data_loaders(cfg, items), wd=cfg.wd, thresh=cfg.thresh,
                    dtype=_dtype(cfg), seed=cfg.seed, workdir=cfg.workdir if checkpoints else None,
@@ -166,8 +170,7 @@ def load_model(workdir: str | Path):
         raise PmlError(f"no trained model in {Path(workdir) / 'model'}: run training with this --workdir first")
     meta = store.read_meta()
     cfg = Config(**meta["config"])
-    model, variables = create_model(cfg.arch, len(meta["vocab"]), None, dtype=_dtype(cfg), seed=cfg.seed,
-                                    head=cfg.head)
+    model, variables = _model(cfg, len(meta["vocab"]), None)
     state, meta = store.restore({"params": variables["params"], "batch_stats": variables["batch_stats"]})
     return model, state, meta
 

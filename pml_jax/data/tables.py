@@ -77,9 +77,10 @@ def from_csv(
     name: str | None = None,
 ) -> LabelledImages:
     """Items from a table: `fname_col` (path relative to `image_root`), `label_col` (labels joined by
-    `label_delim`, a number, or a list of labels in a DataFrame; empty = no label) and, if `valid_col` is a column, the split. Without that column
-    a seeded random `valid_pct` split is made (see `random_split`). Labels are normalised to
-    space-separated; vocab is the sorted union over both splits.
+    `label_delim`, a number, or a list of labels in a DataFrame; empty = no label) and, if
+    `valid_col` is a column, the split. Without that column a seeded random `valid_pct` split is
+    made (see `random_split`). Labels are normalised to space-separated; vocab is the sorted union
+    over both splits.
     """
     if isinstance(csv_or_df, pd.DataFrame):
         where = name or "DataFrame"
@@ -111,11 +112,11 @@ def _label_token(value) -> str:
 def _cell_labels(cell, delim: str) -> list[str]:
     """The labels of one table cell: a delimited string, a number (a class id), a list/tuple/array
     of labels, or empty (NaN, None, '')."""
+    if isinstance(cell, str):
+        return split_labels(cell, delim)
     if isinstance(cell, (list, tuple, np.ndarray)):
         return [_label_token(v) for v in cell]
-    if cell is None or (not isinstance(cell, str) and pd.isna(cell)):
-        return []
-    return split_labels(cell if isinstance(cell, str) else _label_token(cell), delim)
+    return [] if cell is None or pd.isna(cell) else split_labels(_label_token(cell), delim)
 
 
 def _normalise_labels(labels, delim: str, where: str) -> str:
