@@ -1,4 +1,4 @@
-"""The jitted eval step (compiled with its CPU XLA options) computes the model's probabilities and loss."""
+"""The jitted eval step computes the model's probabilities and loss; the CPU XLA options of all steps."""
 
 import jax
 import jax.numpy as jnp
@@ -21,3 +21,15 @@ def test_eval_step_matches_the_model_applied_directly():
     np.testing.assert_allclose(loss, optax.sigmoid_binary_cross_entropy(logits, batch["target"]).mean(-1),
                                rtol=1e-5, atol=1e-6)
     assert probs.shape == (3, 4) and loss.shape == (3,)
+
+
+def test_cpu_options_are_used_when_jaxlib_knows_them_and_dropped_when_it_does_not(monkeypatch):
+    from pml_jax.train import steps
+
+    assert steps.compiler_options() == steps.CPU_OPTIONS  # this project's jaxlib (CPU) accepts them
+    steps.compiler_options.cache_clear()
+    monkeypatch.setattr(steps, "CPU_OPTIONS", {"xla_cpu_experimental_ynn_fusion_type": "NO_SUCH_TYPE"})
+    try:
+        assert steps.compiler_options() is None  # an older jaxlib: XLA's defaults, no failure
+    finally:
+        steps.compiler_options.cache_clear()

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from pml_jax.errors import PmlError
+from pml_jax.models.pool import max_pool
 
 # arch -> (block kind, blocks per stage)
 ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -206,7 +207,7 @@ class ResNet(nn.Module):
         x = x.astype(self.dtype)
         x = Conv(64, 7, 2, 3, self.dtype, name="conv1")(x)
         x = nn.relu(BatchNorm(dtype=self.dtype, name="bn1")(x, train))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # pads with -inf
+        x = max_pool(x, 3, stride=2, pad=1)
         for i, n in enumerate(self.stage_sizes):
             stride = 1 if i == 0 else 2
             x = Stage(self.kind, 64 * 2**i, n, stride, self.dtype, name=f"layer{i + 1}")(x, train)

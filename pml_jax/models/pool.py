@@ -1,0 +1,50 @@
+"""torch's `max_pool2d` on NHWC maps, with a hand-written gradient.
+
+Same values and gradients as `flax.linen.max_pool` (and torch), cheaper to differentiate on XLA's
+CPU backend, which turns a `reduce_window` max's gradient into an argmax pass plus a scatter:
+~150 ms of a 1.3 s resnet18 train step (batch 32, 128 px). Here the backward gives each output's
+gradient to the first maximal tap of its window in row-major order (where torch and XLA's
+select-and-scatter send it when inputs tie, as ReLU zeros do), by comparing the k*k strided views
+of the -inf padded input with the output and padding each tap's share back into place.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool(x: jax.Array, k: int = 3, stride: int = 2, pad: int = 1) -> jax.Array:
+    """k x k max pool with `stride`, `pad` px of -inf padding per side: [B, H, W, C] -> [B, H', W', C]."""
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, stride, stride, 1),
+                                 ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+
+def _max_pool_fwd(x, k, stride, pad):
+    out = max_pool(x, k, stride, pad)
+    return out, (x, out)
+
+
+def _max_pool_bwd(k, stride, pad, residuals, g):
+    x, out = residuals
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
+    (hp, wp), (oh, ow) = xp.shape[1:3], out.shape[1:3]
+    zero = jnp.zeros((), g.dtype)
+    taken = jnp.zeros(out.shape, bool)
+    grad = jnp.zeros(xp.shape, g.dtype)
+    for r in range(k):  # window taps in row-major order
+        for c in range(k):
+            view = xp[:, r:r + stride * (oh - 1) + 1:stride, c:c + stride * (ow - 1) + 1:stride]
+            hit = (view == out) & ~taken
+            taken = taken | hit
+            share = jnp.where(hit, g, zero)  # back to xp[b, stride*i + r, stride*j + c]
+            grad = grad + jax.lax.pad(share, zero, (
+                (0, 0, 0), (r, hp - r - stride * (oh - 1) - 1, stride - 1),
+                (c, wp - c - stride * (ow - 1) - 1, stride - 1), (0, 0, 0)))
+    return (grad[:, pad:hp - pad, pad:wp - pad],)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
