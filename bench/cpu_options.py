@@ -4,9 +4,11 @@
 
 Variants (each compiles the real train / frozen / eval steps of bench/train_step.py):
   pml_jax         what pml_jax does: YNNPACK for reductions only (`steps.CPU_OPTIONS`), its max pool
+                  and `channel_matmul` (1x1 and small-output convolutions)
   jaxlib default  no compiler options: jaxlib also sends convolutions and matmuls to YNNPACK
   ynn off         `xla_cpu_experimental_ynn_fusion_type=''`: no YNNPACK at all
-  flax max_pool   pml_jax's options with `flax.linen.max_pool` (XLA's select-and-scatter gradient)
+  flax max_pool   pml_jax with `flax.linen.max_pool` (XLA's select-and-scatter gradient)
+  plain dot       pml_jax with `jnp.dot` for `channel_matmul` (autodiff's weight gradient)
 Each repeat times --steps steps of every variant (the order flips every repeat); prints the median
 images/s and the ratio to `pml_jax`, with the load average.
 """
@@ -14,11 +16,13 @@ images/s and the ratio to `pml_jax`, with the load average.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 from unittest import mock
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from train_step import PHASES, jax_runners, load, random_batch, time_steps
 
@@ -29,19 +33,22 @@ def flax_max_pool(x, k=3, stride=2, pad=1):
     return nn.max_pool(x, (k, k), strides=(stride, stride), padding=((pad, pad), (pad, pad)))
 
 
-VARIANTS = {  # name: (compiler options of every step, max pool of the model)
-    "pml_jax": (steps.CPU_OPTIONS, None),
-    "jaxlib default": (None, None),
-    "ynn off": ({"xla_cpu_experimental_ynn_fusion_type": ""}, None),
-    "flax max_pool": (steps.CPU_OPTIONS, flax_max_pool),
+VARIANTS = {  # name: (compiler options of every step, {pml_jax.models.resnet name: replacement})
+    "pml_jax": (steps.CPU_OPTIONS, {}),
+    "jaxlib default": (None, {}),
+    "ynn off": ({"xla_cpu_experimental_ynn_fusion_type": ""}, {}),
+    "flax max_pool": (steps.CPU_OPTIONS, {"max_pool": flax_max_pool}),
+    "plain dot": (steps.CPU_OPTIONS, {"channel_matmul": jnp.dot}),
 }
 
 
-def compile_variant(arch: str, batch: dict, phases, options, pool) -> dict:
-    """jax_runners(...) with the steps compiled under `options` and, if given, `pool` in the ResNet."""
+def compile_variant(arch: str, batch: dict, phases, options, swaps: dict) -> dict:
+    """jax_runners(...) with the steps compiled under `options` and `swaps` made in the ResNet module."""
     resnet = sys.modules["pml_jax.models.resnet"]
-    with mock.patch.object(steps, "compiler_options", lambda: options), \
-            mock.patch.object(resnet, "max_pool", pool or resnet.max_pool):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(steps, "compiler_options", lambda: options))
+        for name, replacement in swaps.items():
+            stack.enter_context(mock.patch.object(resnet, name, replacement))
         return jax_runners(arch, batch, phases)
 
 
@@ -60,8 +67,8 @@ def main() -> None:
           f"of {args.steps} steps")
     for arch in args.archs.split(","):
         runs = {}
-        for name, (options, pool) in VARIANTS.items():
-            for phase, runner in compile_variant(arch, batch, phases, options, pool).items():
+        for name, (options, swaps) in VARIANTS.items():
+            for phase, runner in compile_variant(arch, batch, phases, options, swaps).items():
                 runner.run()  # warm-up
                 runs[phase, name] = runner.run
         rates = {key: [] for key in runs}

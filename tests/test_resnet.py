@@ -152,3 +152,18 @@ def test_small_output_conv_as_patch_matmul_equals_the_convolution(k, stride, pad
     expected = jax.lax.conv_general_dilated(x, variables["params"]["kernel"], (stride, stride),
                                             ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
     np.testing.assert_allclose(conv.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cin, cout", [(12, 4), (4, 12), (6, 6)])
+def test_channel_matmul_gradients_equal_autodiffs_of_the_plain_product(cin, cout):
+    from pml_jax.models.resnet import channel_matmul
+
+    x = jax.random.normal(jax.random.key(0), (2, 3, 5, cin))
+    w = jax.random.normal(jax.random.key(1), (cin, cout))
+    g = jax.random.normal(jax.random.key(2), (2, 3, 5, cout))
+    ours = jax.jit(jax.vjp(channel_matmul, x, w)[1])(g)
+    plain = jax.vjp(jnp.dot, x, w)[1](g)
+    np.testing.assert_allclose(channel_matmul(x, w), jnp.dot(x, w), rtol=1e-6)
+    for a, b in zip(ours, plain):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

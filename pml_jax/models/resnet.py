@@ -90,6 +90,31 @@ def torch_linear(features: int, fan_in: int, name: str) -> nn.Dense:
 SMALL_OUTPUT = 16  # output pixels at or below which a k x k conv runs as a patch matmul (see Conv)
 
 
+@jax.custom_vjp
+def channel_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """`x @ w` over the last axis, [..., Cin] x [Cin, Cout] -> [..., Cout], as `jnp.dot`.
+
+    Its weight gradient, a product contracting all pixels, is computed so that XLA transposes the
+    narrower of x and the output gradient: XLA:CPU materialises that transpose, and transposing
+    256+ channels wide runs far slower than 64 (resnet50 train step 1.32x faster).
+    """
+    return jnp.dot(x, w)
+
+
+def _channel_matmul_fwd(x, w):
+    return jnp.dot(x, w), (x, w)
+
+
+def _channel_matmul_bwd(residuals, g):
+    x, w = residuals
+    x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+    dw = jnp.dot(g2.T, x2).T if x2.shape[1] > g2.shape[1] else jnp.dot(x2.T, g2)
+    return jnp.dot(g, w.T), dw
+
+
+channel_matmul.defvjp(_channel_matmul_fwd, _channel_matmul_bwd)
+
+
 class Conv(nn.Module):
     """Bias-free torchvision conv, NHWC: [B, H, W, Cin] -> [B, H', W', features] in `dtype`.
 
@@ -113,7 +138,7 @@ class Conv(nn.Module):
         kernel = self.param("kernel", conv_init, (k, k, x.shape[-1], self.features), jnp.float32)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         if k == 1 and self.pad == 0:
-            return jnp.dot(x[:, ::s, ::s, :], kernel[0, 0])
+            return channel_matmul(x[:, ::s, ::s, :], kernel[0, 0])
         p = self.pad
         out_h, out_w = (x.shape[1] + 2 * p - k) // s + 1, (x.shape[2] + 2 * p - k) // s + 1
         if out_h * out_w <= SMALL_OUTPUT:
@@ -121,7 +146,7 @@ class Conv(nn.Module):
             patches = jnp.concatenate(  # [B, H', W', k*k*Cin] in the kernel's (kh, kw, cin) order
                 [padded[:, i:i + s * (out_h - 1) + 1:s, j:j + s * (out_w - 1) + 1:s, :]
                  for i in range(k) for j in range(k)], axis=-1)
-            return jnp.dot(patches, kernel.reshape(-1, self.features))
+            return channel_matmul(patches, kernel.reshape(-1, self.features))
         return jax.lax.conv_general_dilated(
             x, kernel, (s, s), ((self.pad, self.pad), (self.pad, self.pad)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"))
