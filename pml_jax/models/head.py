@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from pml_jax.errors import PmlError
-from pml_jax.models.resnet import BatchNorm, torch_linear
+from pml_jax.models.resnet import BatchNorm, avg_pool_fc
 
 kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
@@ -146,5 +146,4 @@ class LinearHead(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        pooled = x.astype(jnp.float32).mean(axis=(1, 2))
-        return torch_linear(self.n_out, pooled.shape[-1], name="fc")(pooled)
+        return avg_pool_fc(x, self.n_out)

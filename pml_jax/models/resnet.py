@@ -81,10 +81,16 @@ class BatchNorm(nn.Module):
         return (xf * mul + (bias.astype(jnp.float32) - mean * mul)).astype(self.dtype)
 
 
-def torch_linear(features: int, fan_in: int, name: str) -> nn.Dense:
-    """A float32 `torch.nn.Linear(fan_in, features)` with torch's default init of weight and bias."""
-    return nn.Dense(features, kernel_init=linear_init, bias_init=linear_bias_init(fan_in),
-                    dtype=jnp.float32, param_dtype=jnp.float32, name=name)
+def avg_pool_fc(x: jax.Array, n_out: int) -> jax.Array:
+    """torchvision's classifier: features [B, H, W, nf] -> global average pool -> `fc`, a float32
+    `torch.nn.Linear(nf, n_out)` with torch's default init -> float32 [B, n_out].
+
+    Call it inside a compact method: `fc` becomes a submodule of the caller.
+    """
+    pooled = x.astype(jnp.float32).mean(axis=(1, 2))
+    nf = pooled.shape[-1]
+    return nn.Dense(n_out, kernel_init=linear_init, bias_init=linear_bias_init(nf),
+                    dtype=jnp.float32, param_dtype=jnp.float32, name="fc")(pooled)
 
 
 SMALL_OUTPUT = 16  # output pixels at or below which a k x k conv runs as a patch matmul (see Conv)
@@ -238,8 +244,7 @@ class ResNet(nn.Module):
             x = Stage(self.kind, 64 * 2**i, n, stride, self.dtype, name=f"layer{i + 1}")(x, train)
         if self.num_classes is None:
             return x
-        pooled = x.astype(jnp.float32).mean(axis=(1, 2))
-        return torch_linear(self.num_classes, pooled.shape[-1], name="fc")(pooled)
+        return avg_pool_fc(x, self.num_classes)
 
 
 def check_arch(arch: str) -> tuple[str, tuple[int, ...]]:
