@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 try:
@@ -30,7 +29,7 @@ except ImportError:
           "pip install -e '.[bench]'", file=sys.stderr)
     sys.exit(2)
 
-from train_step import PHASES, jax_runners, load, random_batch, time_steps  # noqa: E402
+from train_step import PHASES, interleaved_medians, jax_runners, load, random_batch  # noqa: E402
 
 from pml_jax.data.normalize import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
@@ -120,13 +119,9 @@ def main() -> None:
     for arch in args.archs.split(","):
         ours, theirs = jax_runners(arch, batch, phases), torch_runners(arch, batch, phases)
         for phase in phases:
-            ours[phase].run(), theirs[phase]()  # warm-up
-            t_jax, t_torch = [], []
-            for rep in range(args.repeats):
-                pair = [(theirs[phase], t_torch), (ours[phase].run, t_jax)]
-                for run, out in pair if rep % 2 == 0 else pair[::-1]:
-                    out.append(time_steps(run, args.steps))
-            tj, tt = statistics.median(t_jax), statistics.median(t_torch)
+            medians = interleaved_medians({"torch": theirs[phase], "jax": ours[phase].run}, args.steps,
+                                          args.repeats)
+            tj, tt = medians["jax"], medians["torch"]
             flops = ours[phase].flops
             print(f"{arch:9} {phase:6} {args.batch / tt:11.1f} {args.batch / tj:9.1f} {tt / tj:9.2f} "
                   f"{flops / tj / 1e9:11.1f} {flops / tt / 1e9:13.1f}  {load()}", flush=True)

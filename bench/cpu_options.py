@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
 from unittest import mock
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from train_step import PHASES, jax_runners, load, random_batch, time_steps
+from train_step import PHASES, interleaved_medians, jax_runners, load, random_batch
 
 from pml_jax.train import steps
 
@@ -69,18 +68,12 @@ def main() -> None:
         runs = {}
         for name, (options, swaps) in VARIANTS.items():
             for phase, runner in compile_variant(arch, batch, phases, options, swaps).items():
-                runner.run()  # warm-up
                 runs[phase, name] = runner.run
-        rates = {key: [] for key in runs}
-        for r in range(args.repeats):
-            for key in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-                rates[key].append(args.batch / time_steps(runs[key], args.steps))
+        rates = {key: args.batch / t for key, t in interleaved_medians(runs, args.steps, args.repeats).items()}
         for phase in phases:
-            base = statistics.median(rates[phase, "pml_jax"])
             print(f"{arch:9} {phase:6} " + " | ".join(
-                f"{name} {statistics.median(rates[phase, name]):.1f} img/s "
-                f"({statistics.median(rates[phase, name]) / base:.2f}x)" for name in VARIANTS)
-                + f"  {load()}", flush=True)
+                f"{name} {rates[phase, name]:.1f} img/s ({rates[phase, name] / rates[phase, 'pml_jax']:.2f}x)"
+                for name in VARIANTS) + f"  {load()}", flush=True)
 
 
 if __name__ == "__main__":

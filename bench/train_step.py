@@ -105,6 +105,18 @@ def time_steps(run: Callable[[], None], steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def interleaved_medians(runs: dict, steps: int, repeats: int) -> dict:
+    """{key: median seconds per step} of `runs` ({key: run()}), each warmed up once, then timed
+    `repeats` times over `steps` steps in turn, the order reversed every other repeat."""
+    for run in runs.values():
+        run()
+    times = {key: [] for key in runs}
+    for rep in range(repeats):
+        for key in (list(runs) if rep % 2 == 0 else list(runs)[::-1]):
+            times[key].append(time_steps(runs[key], steps))
+    return {key: statistics.median(t) for key, t in times.items()}
+
+
 def load() -> str:
     """The 1-minute load average and the core count, e.g. 'load 2.31/2'."""
     return f"load {os.getloadavg()[0]:.2f}/{os.cpu_count()}"
