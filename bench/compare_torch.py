@@ -11,14 +11,16 @@ images normalised inside the step, mean BCE-with-logits. Phases:
   frozen  fastai `freeze`: body params without grad except its BatchNorms (torch: requires_grad False)
   eval    running BN stats, no grad (torch: model.eval() + torch.inference_mode())
 Each repeat times --steps steps of torch then pml_jax (the order flips every repeat); the figures
-are medians over repeats: images/s of each, the ratio jax/torch, and achieved GFLOP/s from XLA's
-cost analysis of our compiled step (the same FLOPs for torch). Load average printed per row.
+are medians over repeats: images/s of each, the ratio jax/torch (median and range of the per-repeat
+ratios: each pair ran back to back) and achieved GFLOP/s from XLA's cost analysis of our compiled
+step (the same FLOPs for torch). Load average printed per row.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 
 try:
@@ -29,7 +31,7 @@ except ImportError:
           "pip install -e '.[bench]'", file=sys.stderr)
     sys.exit(2)
 
-from train_step import PHASES, interleaved_medians, jax_runners, load, random_batch  # noqa: E402
+from train_step import PHASES, interleaved_times, jax_runners, load, random_batch, speedup  # noqa: E402
 
 from pml_jax.data.normalize import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
@@ -113,18 +115,19 @@ def main() -> None:
     phases = args.phases.split(",")
     print(f"{args.size} px, batch {args.batch}, f32; medians of {args.repeats} interleaved timings of "
           f"{args.steps} steps")
-    print(f"{'arch':9} {'phase':6} {'torch img/s':>11} {'jax img/s':>9} {'jax/torch':>9} "
+    print(f"{'arch':9} {'phase':6} {'torch img/s':>11} {'jax img/s':>9} {'jax/torch (range)':>17} "
           f"{'jax GFLOP/s':>11} {'torch GFLOP/s':>13}  load")
     torch.manual_seed(0)
     for arch in args.archs.split(","):
         ours, theirs = jax_runners(arch, batch, phases), torch_runners(arch, batch, phases)
         for phase in phases:
-            medians = interleaved_medians({"torch": theirs[phase], "jax": ours[phase].run}, args.steps,
-                                          args.repeats)
-            tj, tt = medians["jax"], medians["torch"]
+            times = interleaved_times({"torch": theirs[phase], "jax": ours[phase].run}, args.steps,
+                                      args.repeats)
+            tj, tt = statistics.median(times["jax"]), statistics.median(times["torch"])
             flops = ours[phase].flops
-            print(f"{arch:9} {phase:6} {args.batch / tt:11.1f} {args.batch / tj:9.1f} {tt / tj:9.2f} "
-                  f"{flops / tj / 1e9:11.1f} {flops / tt / 1e9:13.1f}  {load()}", flush=True)
+            print(f"{arch:9} {phase:6} {args.batch / tt:11.1f} {args.batch / tj:9.1f} "
+                  f"{speedup(times, 'jax', 'torch'):>17} {flops / tj / 1e9:11.1f} {flops / tt / 1e9:13.1f}  "
+                  f"{load()}", flush=True)
 
 
 if __name__ == "__main__":

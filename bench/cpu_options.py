@@ -1,6 +1,7 @@
 """What pml_jax's CPU choices buy: its steps A/B against XLA's defaults and alternatives, in one run.
 
-    python bench/cpu_options.py [--archs resnet18,resnet50] [--phases train,frozen,eval] [--repeats 5]
+    python bench/cpu_options.py [--archs resnet18,resnet50] [--phases train,frozen,eval]
+                                [--variants 'jaxlib default,ynn off,...'] [--repeats 5]
 
 Variants (each compiles the real train / frozen / eval steps of bench/train_step.py):
   pml_jax         what pml_jax does: YNNPACK for reductions only (`steps.CPU_OPTIONS`), its max pool
@@ -9,21 +10,23 @@ Variants (each compiles the real train / frozen / eval steps of bench/train_step
   ynn off         `xla_cpu_experimental_ynn_fusion_type=''`: no YNNPACK at all
   flax max_pool   pml_jax with `flax.linen.max_pool` (XLA's select-and-scatter gradient)
   plain dot       pml_jax with `jnp.dot` for `channel_matmul` (autodiff's weight gradient)
-Each repeat times --steps steps of every variant (the order flips every repeat); prints the median
-images/s and the ratio to `pml_jax`, with the load average.
+Phase by phase, each repeat times --steps steps of every variant (the order flips every repeat);
+prints the median images/s and the speed relative to `pml_jax` (median and range of the
+per-repeat ratios), with the load average.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import sys
 from unittest import mock
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from train_step import PHASES, interleaved_medians, jax_runners, load, random_batch
+from train_step import PHASES, interleaved_times, jax_runners, load, random_batch, speedup
 
 from pml_jax.train import steps
 
@@ -55,6 +58,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", default="resnet18,resnet50")
     ap.add_argument("--phases", default=",".join(PHASES))
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="pml_jax is always run")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
@@ -62,18 +66,24 @@ def main() -> None:
     args = ap.parse_args()
     batch = random_batch(args.batch, args.size)
     phases = args.phases.split(",")
+    variants = ["pml_jax"] + [v for v in args.variants.split(",") if v != "pml_jax"]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        ap.error(f"unknown variants {sorted(unknown)}; valid: {', '.join(VARIANTS)}")
     print(f"{args.size} px, batch {args.batch}, f32; medians of {args.repeats} interleaved timings "
           f"of {args.steps} steps")
     for arch in args.archs.split(","):
-        runs = {}
-        for name, (options, swaps) in VARIANTS.items():
+        runs = {phase: {} for phase in phases}
+        for name in variants:
+            options, swaps = VARIANTS[name]
             for phase, runner in compile_variant(arch, batch, phases, options, swaps).items():
-                runs[phase, name] = runner.run
-        rates = {key: args.batch / t for key, t in interleaved_medians(runs, args.steps, args.repeats).items()}
+                runs[phase][name] = runner.run
         for phase in phases:
-            print(f"{arch:9} {phase:6} " + " | ".join(
-                f"{name} {rates[phase, name]:.1f} img/s ({rates[phase, name] / rates[phase, 'pml_jax']:.2f}x)"
-                for name in VARIANTS) + f"  {load()}", flush=True)
+            times = interleaved_times(runs[phase], args.steps, args.repeats)
+            rate = {name: f"{args.batch / statistics.median(t):.1f} img/s" for name, t in times.items()}
+            print(f"{arch:9} {phase:6} pml_jax {rate['pml_jax']} | " + " | ".join(
+                f"{name} {rate[name]} ({speedup(times, name, 'pml_jax')})" for name in variants[1:])
+                + f"  {load()}", flush=True)
 
 
 if __name__ == "__main__":

@@ -105,16 +105,24 @@ def time_steps(run: Callable[[], None], steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def interleaved_medians(runs: dict, steps: int, repeats: int) -> dict:
-    """{key: median seconds per step} of `runs` ({key: run()}), each warmed up once, then timed
-    `repeats` times over `steps` steps in turn, the order reversed every other repeat."""
+def interleaved_times(runs: dict, steps: int, repeats: int) -> dict:
+    """{key: [seconds per step, one per repeat]} of `runs` ({key: run()}), each warmed up once,
+    then timed over `steps` steps in turn, `repeats` times, the order reversed every other repeat."""
     for run in runs.values():
         run()
     times = {key: [] for key in runs}
     for rep in range(repeats):
         for key in (list(runs) if rep % 2 == 0 else list(runs)[::-1]):
             times[key].append(time_steps(runs[key], steps))
-    return {key: statistics.median(t) for key, t in times.items()}
+    return times
+
+
+def speedup(times: dict, key, base) -> str:
+    """`key`'s speed relative to `base` from interleaved_times: the median over repeats of the
+    per-repeat ratio base time / key time (each pair timed back to back, so slow drifts of the
+    machine cancel), with its range, e.g. '0.94x (0.88-1.02)'."""
+    ratios = [b / k for k, b in zip(times[key], times[base])]
+    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def load() -> str:
