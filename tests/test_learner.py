@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import time
 
 import jax
 import numpy as np
@@ -112,3 +113,41 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(data_root, t
         learn.fit_one_cycle(2, 1e-2)
     assert learn.checkpoints.latest_step() == dls.steps_per_epoch
     assert learn.checkpoints.read_meta()["history"][0]["epoch"] == 0
+
+
+def test_epoch_rows_report_throughput_and_the_share_spent_waiting_for_input(data_root, tmp_path):
+    delay = 0.05  # seconds each train batch takes to arrive: a slow input pipeline
+
+    def slow(n, batch):
+        time.sleep(delay)
+        return batch
+
+    learn = make_learner(data_root, tmp_path, dls=Hooked(tiny_dls(data_root), slow))
+    lines = []
+    learn.log = lines.append
+    (row,) = learn.fit(1, 1e-3)
+    steps = learn.dls.steps_per_epoch
+    # lower bounds that hold however fast or slow the machine: time >= the training loop's seconds
+    assert row["input_wait"] * row["time"] >= steps * delay * 0.99
+    assert 0.0 < row["input_wait"] <= 1.0
+    assert row["train_img_s"] * row["time"] >= steps * learn.dls.batch_size * 0.99
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["input_wait"] == row["input_wait"]
+    assert lines[0].split()[-2:] == ["img/s", "input"]
+    assert lines[1].split()[-1] == f"{row['input_wait']:.1%}"
+
+
+def test_wait_clock_counts_only_the_time_spent_in_next():
+    from pml_jax.train.learner import WaitClock
+
+    def source():
+        for i in range(3):
+            time.sleep(0.02)
+            yield i
+
+    clock = WaitClock()
+    seen = []
+    for item in clock.wrap(source()):
+        seen.append(item)
+        time.sleep(0.2)  # the consumer's own work is not waiting
+    assert seen == [0, 1, 2]
+    assert 0.06 * 0.99 <= clock.seconds < 0.06 + 0.3  # counting the consumer's work would give >= 0.66

@@ -31,7 +31,7 @@ from pml_jax.data.pipeline import train_batches
 from pml_jax.data.synthetic import synthetic
 from pml_jax.errors import PmlError
 from pml_jax.train.interrupt import StopRequested
-from pml_jax.train.learner import Learner
+from pml_jax.train.learner import TIMING_KEYS, Learner
 
 TESTS = Path(__file__).resolve().parent
 TINY = ["--synthetic_images", "60", "--size", "32", "--batch_size", "8"]
@@ -95,16 +95,16 @@ def temporary(result: dict) -> list[str]:
     return [name for name in result["checkpoints"] if "tmp" in name]
 
 
-def rows_without_time(workdir: Path) -> list[dict]:
+def rows_without_timing(workdir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k != "time"} for row in rows]
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
 
 
 def assert_same_result(workdir: Path, reference: Path) -> None:
     """Bit-identical summary, predictions and epoch rows (wall-clock times aside)."""
     for name in ("summary.json", "predictions.csv"):
         assert (workdir / name).read_bytes() == (reference / name).read_bytes(), name
-    assert rows_without_time(workdir) == rows_without_time(reference)
+    assert rows_without_timing(workdir) == rows_without_timing(reference)
 
 
 def stage(result: dict, name: str) -> str:
@@ -180,7 +180,7 @@ def test_resume_on_a_workdir_without_checkpoints_starts_fresh(runs):
     ref2 = runs["ref2"]
     assert ref2["rc"] == 0, stage(ref2, "ref2")
     assert "resuming from" not in ref2["out"] and "checked 60 images" in ref2["out"]
-    assert rows_without_time(runs["dirs"]["ref2"]) == rows_without_time(runs["dirs"]["ref"])
+    assert rows_without_timing(runs["dirs"]["ref2"]) == rows_without_timing(runs["dirs"]["ref"])
 
 
 @pytest.mark.slow
@@ -342,7 +342,7 @@ def test_sigterm_at_an_epochs_last_step_keeps_its_row_and_resume_rewrites_metric
     again = learner(tiny_root, tmp_path / "cut")
     assert again.resume()
     again.fit_one_cycle(2, 1e-2)
-    assert rows_without_time(tmp_path / "cut") == rows_without_time(tmp_path / "full")
+    assert rows_without_timing(tmp_path / "cut") == rows_without_timing(tmp_path / "full")
 
 
 def test_validation_image_deleted_mid_run_stops_naming_it_and_keeps_the_checkpoint(tiny_root, tmp_path):

@@ -28,6 +28,30 @@ from pml_jax.train.schedules import (Phase, fine_tune_plan, fit_schedule, lr_fin
 from pml_jax.train.steps import TrainState, make_eval_step, make_train_step
 
 SMOOTH_BETA = 0.98  # fastai AvgSmoothLoss
+# Wall-clock fields of an epoch row (they differ run to run): the epoch's time, its training
+# images/s (all processes; the first epoch of a phase includes compiling the step) and the share
+# of the training loop spent waiting for the input pipeline (this process's).
+TIMING_KEYS = ("time", "train_img_s", "input_wait")
+
+
+class WaitClock:
+    """Wraps an iterator and sums the seconds its consumer spent blocked on `next`."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def wrap(self, iterable):
+        iterator = iter(iterable)
+        while True:
+            start = time.perf_counter()
+            item = next(iterator, _END)
+            self.seconds += time.perf_counter() - start
+            if item is _END:
+                return
+            yield item
+
+
+_END = object()
 
 
 class Learner:
@@ -119,7 +143,9 @@ class Learner:
             bar = tqdm(total=spe, initial=first, desc=f"phase {p} epoch {epoch}", leave=False,
                        disable=not self.progress)
             pending = None  # (step, loss): read after the next step is dispatched, keeping the device busy
-            for i, batch in enumerate(self.dls.train(data_epoch0 + epoch, start_step=first), first):
+            waits = WaitClock()
+            batches = waits.wrap(self.dls.train(data_epoch0 + epoch, start_step=first))
+            for i, batch in enumerate(batches, first):
                 s = epoch * spe + i
                 key = jax.random.fold_in(self.key, step0 + s)
                 state, loss = train_step(state, shard_batch(batch, self.mesh), lrs[s], moms[s], key)
@@ -134,10 +160,13 @@ class Learner:
             if pending is not None:
                 smooth, count = self._record(*pending, smooth, count, phase, step0, bar)
             bar.close()
+            train_seconds = time.perf_counter() - t0
             self._adopt(state)
             valid = self.validate()
             row = {"phase": p, "epoch": epoch, "train_loss": smooth / (1 - SMOOTH_BETA ** count),
-                   **valid, "time": time.perf_counter() - t0}
+                   **valid, "time": time.perf_counter() - t0,
+                   "train_img_s": (spe - first) * self.dls.batch_size / train_seconds,
+                   "input_wait": waits.seconds / train_seconds}
             self._log_row(row, step0 + (epoch + 1) * spe)
             self._save(p, (epoch + 1) * spe, state.opt_state, phase.frozen, smooth, count)
             if signals.raised is not None:
@@ -269,9 +298,10 @@ class Learner:
             self.writer.scalars(step, {f"epoch/{k}": v for k, v in row.items() if k not in ("phase", "epoch")})
         if len(self.history) == 1 or self.history[-2]["phase"] != row["phase"]:
             self.log(f"{'epoch':>5} {'train_loss':>10} {'valid_loss':>10} {'accuracy_multi':>14} "
-                     f"{'mAP':>7} {'time':>7}")
+                     f"{'mAP':>7} {'time':>7} {'img/s':>7} {'input':>6}")
         self.log(f"{row['epoch']:>5} {row['train_loss']:>10.6f} {row['valid_loss']:>10.6f} "
-                 f"{row['accuracy_multi']:>14.6f} {row['mAP']:>7.4f} {_clock(row['time']):>7}")
+                 f"{row['accuracy_multi']:>14.6f} {row['mAP']:>7.4f} {_clock(row['time']):>7} "
+                 f"{row['train_img_s']:>7.1f} {row['input_wait']:>6.1%}")
         self._write_metrics([row], "a")
 
     def _write_metrics(self, rows: list[dict], mode: str) -> None:
