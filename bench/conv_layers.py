@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 try:
     import torch
@@ -33,6 +32,8 @@ except ImportError:
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+
+from train_step import time_steps  # noqa: E402
 
 from pml_jax.models.resnet import ARCHS, EXPANSION, Conv  # noqa: E402
 from pml_jax.train.steps import compiler_options  # noqa: E402
@@ -66,16 +67,6 @@ def body_convs(arch: str, size: int) -> list[tuple[int, int, int, int, int, int,
                 add(h, c, out, 1, stride, 0)
             h, c = -(-h // stride), out
     return [(*conv, n) for conv, n in convs.items()]
-
-
-def timer(fn, repeats: int) -> list[float]:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def jax_fns(x: np.ndarray, cout: int, k: int, s: int, p: int):
@@ -136,10 +127,11 @@ def main() -> None:
         flops = 2 * g.size * k * k * cin
         cells = []
         for i, (fj, ft) in enumerate(zip(ours, theirs)):
+            fj(), ft()  # compile / warm up
             tj, tt = [], []
             for _ in range(args.repeats):  # alternate the libraries, one timing each
-                tj += timer(fj, 1)
-                tt += timer(ft, 1)
+                tj.append(time_steps(fj, 1))
+                tt.append(time_steps(ft, 1))
             mj, mt = statistics.median(tj) * 1e3, statistics.median(tt) * 1e3
             if not (i == 1 and cin == 3):  # the stem's input gradient: no step computes it
                 totals["jax"][i] += n * mj
