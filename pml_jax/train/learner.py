@@ -32,6 +32,7 @@ SMOOTH_BETA = 0.98  # fastai AvgSmoothLoss
 # images/s (all processes; the first epoch of a phase includes compiling the step) and the share
 # of the training loop spent waiting for the input pipeline (this process's).
 TIMING_KEYS = ("time", "train_img_s", "input_wait")
+_END = object()  # WaitClock's end-of-iterator marker
 
 
 class WaitClock:
@@ -49,9 +50,6 @@ class WaitClock:
             if item is _END:
                 return
             yield item
-
-
-_END = object()
 
 
 class Learner:
