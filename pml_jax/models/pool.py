@@ -28,6 +28,15 @@ def _max_pool_fwd(x, k, stride, pad):
     return out, (x, out)
 
 
+def window_taps(padded: jax.Array, k: int, stride: int, out_hw: tuple[int, int]) -> list[jax.Array]:
+    """The k*k strided views of a padded NHWC map under a k x k window with `stride`, one per tap
+    (r, c) in row-major order, each [B, H', W', C] for `out_hw` = (H', W'):
+    view[b, i, j] = padded[b, stride*i + r, stride*j + c]."""
+    oh, ow = out_hw
+    return [padded[:, r:r + stride * (oh - 1) + 1:stride, c:c + stride * (ow - 1) + 1:stride]
+            for r in range(k) for c in range(k)]
+
+
 def _max_pool_bwd(k, stride, pad, residuals, g):
     x, out = residuals
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
@@ -35,15 +44,14 @@ def _max_pool_bwd(k, stride, pad, residuals, g):
     zero = jnp.zeros((), g.dtype)
     taken = jnp.zeros(out.shape, bool)
     grad = jnp.zeros(xp.shape, g.dtype)
-    for r in range(k):  # window taps in row-major order
-        for c in range(k):
-            view = xp[:, r:r + stride * (oh - 1) + 1:stride, c:c + stride * (ow - 1) + 1:stride]
-            hit = (view == out) & ~taken
-            taken = taken | hit
-            share = jnp.where(hit, g, zero)  # back to xp[b, stride*i + r, stride*j + c]
-            grad = grad + jax.lax.pad(share, zero, (
-                (0, 0, 0), (r, hp - r - stride * (oh - 1) - 1, stride - 1),
-                (c, wp - c - stride * (ow - 1) - 1, stride - 1), (0, 0, 0)))
+    for tap, view in enumerate(window_taps(xp, k, stride, (oh, ow))):
+        r, c = divmod(tap, k)
+        hit = (view == out) & ~taken
+        taken = taken | hit
+        share = jnp.where(hit, g, zero)  # back to xp[b, stride*i + r, stride*j + c]
+        grad = grad + jax.lax.pad(share, zero, (
+            (0, 0, 0), (r, hp - r - stride * (oh - 1) - 1, stride - 1),
+            (c, wp - c - stride * (ow - 1) - 1, stride - 1), (0, 0, 0)))
     return (grad[:, pad:hp - pad, pad:wp - pad],)
 
 

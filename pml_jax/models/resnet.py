@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from pml_jax.errors import PmlError
-from pml_jax.models.pool import max_pool
+from pml_jax.models.pool import max_pool, window_taps
 
 # arch -> (block kind, blocks per stage)
 ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -149,9 +149,8 @@ class Conv(nn.Module):
         out_h, out_w = (x.shape[1] + 2 * p - k) // s + 1, (x.shape[2] + 2 * p - k) // s + 1
         if out_h * out_w <= SMALL_OUTPUT:
             padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-            patches = jnp.concatenate(  # [B, H', W', k*k*Cin] in the kernel's (kh, kw, cin) order
-                [padded[:, i:i + s * (out_h - 1) + 1:s, j:j + s * (out_w - 1) + 1:s, :]
-                 for i in range(k) for j in range(k)], axis=-1)
+            # [B, H', W', k*k*Cin] in the kernel's (kh, kw, cin) order
+            patches = jnp.concatenate(window_taps(padded, k, s, (out_h, out_w)), axis=-1)
             return channel_matmul(patches, kernel.reshape(-1, self.features))
         return jax.lax.conv_general_dilated(
             x, kernel, (s, s), ((self.pad, self.pad), (self.pad, self.pad)),
