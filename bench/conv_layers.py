@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from collections import Counter
 
 try:
     import torch
@@ -29,43 +30,33 @@ except ImportError:
           file=sys.stderr)
     sys.exit(2)
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from train_step import time_steps  # noqa: E402
 
-from pml_jax.models.resnet import ARCHS, EXPANSION, Conv  # noqa: E402
+from pml_jax.models.resnet import ARCHS, Conv, resnet  # noqa: E402
 from pml_jax.train.steps import compiler_options  # noqa: E402
 
 KINDS = ("forward", "input grad", "weight grad")
 
 
 def body_convs(arch: str, size: int) -> list[tuple[int, int, int, int, int, int, int]]:
-    """(input size, Cin, Cout, kernel, stride, pad, count) of every distinct conv of `arch`'s body."""
-    kind, stages = ARCHS[arch]
-    convs = {}
+    """(input size, Cin, Cout, kernel, stride, pad, count) of every distinct conv of `arch`'s body,
+    read off the model itself: each `Conv` call while shape-tracing its init."""
+    convs = Counter()
 
-    def add(*conv):
-        convs[conv] = convs.get(conv, 0) + 1
+    def record(call, args, kwargs, context):
+        module = context.module
+        if isinstance(module, Conv) and context.method_name == "__call__":
+            x = args[0]
+            convs[x.shape[1], x.shape[-1], module.features, module.kernel_size, module.stride, module.pad] += 1
+        return call(*args, **kwargs)
 
-    add(size, 3, 64, 7, 2, 3)
-    h, c = -(-size // 4), 64
-    for i, blocks in enumerate(stages):
-        f, s = 64 * 2 ** i, 1 if i == 0 else 2
-        out = f * EXPANSION[kind]
-        for b in range(blocks):
-            stride = s if b == 0 else 1
-            if kind == "basic":
-                add(h, c, f, 3, stride, 1)
-                add(-(-h // stride), f, f, 3, 1, 1)
-            else:
-                add(h, c, f, 1, 1, 0)
-                add(h, f, f, 3, stride, 1)
-                add(-(-h // stride), f, out, 1, 1, 0)
-            if stride != 1 or c != out:
-                add(h, c, out, 1, stride, 0)
-            h, c = -(-h // stride), out
+    with nn.intercept_methods(record):
+        jax.eval_shape(resnet(arch, None).init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
     return [(*conv, n) for conv, n in convs.items()]
 
 
