@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import sys
 from unittest import mock
 
 import flax.linen as nn
@@ -35,22 +34,22 @@ def flax_max_pool(x, k=3, stride=2, pad=1):
     return nn.max_pool(x, (k, k), strides=(stride, stride), padding=((pad, pad), (pad, pad)))
 
 
-VARIANTS = {  # name: (compiler options of every step, {pml_jax.models.resnet name: replacement})
+VARIANTS = {  # name: (compiler options of every step, {dotted name in pml_jax.models: replacement})
     "pml_jax": (steps.CPU_OPTIONS, {}),
     "jaxlib default": (None, {}),
     "ynn off": ({"xla_cpu_experimental_ynn_fusion_type": ""}, {}),
-    "flax max_pool": (steps.CPU_OPTIONS, {"max_pool": flax_max_pool}),
-    "plain dot": (steps.CPU_OPTIONS, {"channel_matmul": jnp.dot}),
+    "flax max_pool": (steps.CPU_OPTIONS, {"pml_jax.models.pool.max_pool": flax_max_pool}),
+    "plain dot": (steps.CPU_OPTIONS, {"pml_jax.models.kernels.channel_matmul": jnp.dot}),
 }
 
 
 def compile_variant(arch: str, batch: dict, phases, options, swaps: dict) -> dict:
-    """jax_runners(...) with the steps compiled under `options` and `swaps` made in the ResNet module."""
-    resnet = sys.modules["pml_jax.models.resnet"]
+    """jax_runners(...) with the steps compiled under `options` and `swaps` made in pml_jax's modules
+    (the "cpu" kernels that the CPU backend resolves to)."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(steps, "compiler_options", lambda: options))
-        for name, replacement in swaps.items():
-            stack.enter_context(mock.patch.object(resnet, name, replacement))
+        for target, replacement in swaps.items():
+            stack.enter_context(mock.patch(target, replacement))
         return jax_runners(arch, batch, phases)
 
 

@@ -1,6 +1,7 @@
 """pml_jax step throughput and model FLOPs utilisation (MFU) on this machine.
 
     python bench/train_step.py [--archs resnet18,resnet50] [--size 128] [--batch 64] [--repeats 5] [--steps 3]
+                               [--dtypes float32,bfloat16] [--kernels auto]
     python bench/train_step.py --cache-start [--archs resnet18]
 
 For each arch, times the real jitted steps of a fastai `fine_tune` run (random uint8 images, 20
@@ -8,8 +9,12 @@ classes): `train` (unfrozen: fwd + bwd + fastai Adam), `frozen` (body frozen but
 as fastai's `freeze`) and `eval` (running stats, no grad). Prints the compile time, the median
 images/s over --repeats timings of --steps steps, XLA's cost-analysis FLOPs per step, achieved
 GFLOP/s and MFU = achieved / peak, where peak = cores x GHz x FLOP/cycle/core (AVX-512 with two
-FMA units: 2 FMA x 16 f32 lanes x 2 = 64; AVX2: 32), read from /proc/cpuinfo (printed).
-The machine load (`os.getloadavg`) is printed next to each figure.
+FMA units: 2 FMA x 16 f32 lanes x 2 = 64; AVX2: 32), read from /proc/cpuinfo (printed; MFU of
+bfloat16 steps is against that same f32 peak). With several --dtypes (compute dtypes, see
+`pml_jax.train.precision`) each phase's steps of every dtype are timed in turn, interleaved, and
+each dtype's speed relative to the first is printed. --kernels picks the conv / max-pool
+implementations (`pml_jax.models.kernels`). The machine load (`os.getloadavg`) is printed next to
+each figure.
 
 --cache-start: compile time of the first arch's train step in two fresh processes sharing one new,
 empty persistent compilation cache (`pml_jax.train.compile_cache.enable_compile_cache`): the first
@@ -38,6 +43,7 @@ from pml_jax.models.classifier import create_model  # noqa: E402
 from pml_jax.train.compile_cache import enable_compile_cache  # noqa: E402
 from pml_jax.train.groups import decay_mask, param_groups, split_trainable, trainable_mask  # noqa: E402
 from pml_jax.train.optim import fastai_adam  # noqa: E402
+from pml_jax.train.precision import compute_dtype  # noqa: E402
 from pml_jax.train.steps import TrainState, make_eval_step, make_train_step  # noqa: E402
 
 PHASES = ("train", "frozen", "eval")
@@ -66,16 +72,19 @@ def _flops(compiled) -> float:
     return float(cost.get("flops", float("nan")))
 
 
-def jax_runners(arch: str, batch: dict[str, np.ndarray], phases=PHASES, seed: int = 0) -> dict[str, Runner]:
-    """Compile pml_jax's train/frozen/eval steps for `arch` (+ fastai head) on `batch`."""
-    model, variables = create_model(arch, batch["target"].shape[1], seed=seed)
+def jax_runners(arch: str, batch: dict[str, np.ndarray], phases=PHASES, seed: int = 0, dtype: str = "auto",
+                kernels: str = "auto") -> dict[str, Runner]:
+    """Compile pml_jax's train/frozen/eval steps for `arch` (+ fastai head) on `batch`, computing in
+    `dtype` (a name of `pml_jax.train.precision.DTYPES`) with the `kernels` set."""
+    compute = compute_dtype(dtype)
+    model, variables = create_model(arch, batch["target"].shape[1], dtype=compute, seed=seed, kernels=kernels)
     params, stats = variables["params"], variables["batch_stats"]
     dev_batch = jax.device_put(batch)
     runners = {}
     for phase in phases:
         t0 = time.perf_counter()
         if phase == "eval":
-            step = make_eval_step(model)
+            step = make_eval_step(model, compute)
             args = (params, stats, dev_batch)
             compiled = step.lower(*args).compile()
 
@@ -87,7 +96,7 @@ def jax_runners(arch: str, batch: dict[str, np.ndarray], phases=PHASES, seed: in
             fresh = jax.tree.map(jnp.copy, params)  # the step donates its state
             state = TrainState(fresh, jax.tree.map(jnp.copy, stats), tx.init(split_trainable(fresh, trainable)[0]))
             extra = (jnp.full((3,), 1e-4, jnp.float32), jnp.float32(0.9), jax.random.key(seed))
-            compiled = make_train_step(model, tx, trainable).lower(state, dev_batch, *extra).compile()
+            compiled = make_train_step(model, tx, trainable, compute).lower(state, dev_batch, *extra).compile()
             cell = [state]
 
             def run(compiled=compiled, cell=cell, extra=extra):
@@ -121,8 +130,41 @@ def speedup(times: dict, key, base) -> str:
     """`key`'s speed relative to `base` from interleaved_times: the median over repeats of the
     per-repeat ratio base time / key time (each pair timed back to back, so slow drifts of the
     machine cancel), with its range, e.g. '0.94x (0.88-1.02)'."""
+    return ratio_text(*ratio_range(times, key, base))
+
+
+def ratio_text(median: float, lo: float, hi: float) -> str:
+    """A ratio with its range, e.g. '0.94x (0.88-1.02)'."""
+    return f"{median:.2f}x ({lo:.2f}-{hi:.2f})"
+
+
+def ratio_range(times: dict, key, base) -> tuple[float, float, float]:
+    """(median, min, max) over repeats of the per-repeat ratio base time / key time (see speedup)."""
     ratios = [b / k for k, b in zip(times[key], times[base])]
-    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def timed_rows(ours: dict[str, Runner], theirs: dict[str, Callable[[], None]], batch_size: int,
+               steps: int, repeats: int) -> list[dict]:
+    """One row per phase of `ours`, timed interleaved with the same phase of `theirs` (PyTorch's
+    `run()` closures, or {} to time pml_jax alone): phase, jax_img_s, jax_step_s, compile_s,
+    jax_gflops (XLA's FLOPs / median step time) and, with theirs, torch_img_s, ratio (jax/torch
+    speed: median of the per-repeat ratios), ratio_lo, ratio_hi, torch_gflops (the same FLOPs);
+    load (1-minute load average)."""
+    rows = []
+    for phase, runner in ours.items():
+        runs = {"jax": runner.run, **({"torch": theirs[phase]} if phase in theirs else {})}
+        times = interleaved_times(runs, steps, repeats)
+        tj = statistics.median(times["jax"])
+        row = {"phase": phase, "jax_img_s": batch_size / tj, "jax_step_s": tj, "compile_s": runner.compile_s,
+               "jax_gflops": runner.flops / tj / 1e9}
+        if "torch" in times:
+            tt = statistics.median(times["torch"])
+            ratio, lo, hi = ratio_range(times, "jax", "torch")
+            row.update(torch_img_s=batch_size / tt, ratio=ratio, ratio_lo=lo, ratio_hi=hi,
+                       torch_gflops=runner.flops / tt / 1e9)
+        rows.append({**row, "load": os.getloadavg()[0]})
+    return rows
 
 
 def load() -> str:
@@ -164,6 +206,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3, help="steps per timing")
     ap.add_argument("--phases", default=",".join(PHASES))
+    ap.add_argument("--dtypes", default="auto", help="compute dtypes to compare, e.g. float32,bfloat16")
+    ap.add_argument("--kernels", default="auto", help="conv / max-pool kernel set: auto, cpu or xla")
     ap.add_argument("--cache-start", action="store_true", help="first vs second process compile time")
     ap.add_argument("--compile-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -179,16 +223,20 @@ def main() -> None:
     print(f"peak f32 = {peak:.0f} GFLOP/s = {how}")
     batch = random_batch(args.batch, args.size)
     phases = args.phases.split(",")
-    print(f"{'arch':9} {'phase':6} {'compile s':>9} {'img/s':>7} {'GFLOP/step':>10} {'GFLOP/s':>8} {'MFU':>6}  load")
+    dtypes = args.dtypes.split(",")
+    print(f"kernels {args.kernels}; dtypes {', '.join(f'{d} = {compute_dtype(d).name}' for d in dtypes)}")
+    print(f"{'arch':9} {'phase':6} {'dtype':8} {'compile s':>9} {'img/s':>7} {'GFLOP/step':>10} {'GFLOP/s':>8} "
+          f"{'MFU':>6}  {'vs ' + dtypes[0]:>20}  load")
     for arch in args.archs.split(","):
-        runners = jax_runners(arch, batch, phases)
-        for phase, r in runners.items():
-            r.run()  # warm-up
-            times = [time_steps(r.run, args.steps) for _ in range(args.repeats)]
-            t = statistics.median(times)
-            gflops = r.flops / t / 1e9
-            print(f"{arch:9} {phase:6} {r.compile_s:9.1f} {args.batch / t:7.1f} {r.flops / 1e9:10.1f} "
-                  f"{gflops:8.1f} {gflops / peak:6.1%}  {load()}", flush=True)
+        runners = {d: jax_runners(arch, batch, phases, dtype=d, kernels=args.kernels) for d in dtypes}
+        for phase in phases:
+            times = interleaved_times({d: runners[d][phase].run for d in dtypes}, args.steps, args.repeats)
+            for d in dtypes:
+                r, t = runners[d][phase], statistics.median(times[d])
+                gflops = r.flops / t / 1e9
+                print(f"{arch:9} {phase:6} {d:8} {r.compile_s:9.1f} {args.batch / t:7.1f} {r.flops / 1e9:10.1f} "
+                      f"{gflops:8.1f} {gflops / peak:6.1%}  {speedup(times, d, dtypes[0]):>20}  {load()}",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -7,37 +7,20 @@ import dataclasses
 import os
 import sys
 
-from pml_jax.config import DTYPES, HEADS, MODES, PRESETS, SCHEDULES, SOURCES, Config, preset
+from pml_jax.config import MODES, PRESETS, Config, preset
 from pml_jax.errors import PmlError
 from pml_jax.train.interrupt import StopRequested
 
-HELP = {
-    "source": "data source",
-    "data_path": "dataset folder (pascal_2007 / VOCdevkit / tfds data_dir / csv image folder)",
-    "csv": "csv source: the table (fname, labels, is_valid columns)",
-    "skip_bad": "drop unreadable images and report them instead of stopping",
-    "synthetic_images": "number of images of the generated synthetic set",
-    "size": "image side in pixels",
-    "min_scale": "RandomResizedCrop's smallest area fraction",
-    "flip": "random horizontal flips in training",
-    "fast_decode": "decode train JPEGs at a reduced scale when the crop allows (false: pixel-exact fastai crops)",
-    "batch_size": "global batch size (all devices, all processes)",
-    "arch": "resnet18 | resnet34 | resnet50 | resnet101 | resnet152",
-    "pretrained": "IMAGENET1K_V1 | IMAGENET1K_V2 | timm/<repo> | a local .pth/.safetensors/.npz; none = from scratch",
-    "head": "fastai (create_head, for fine-tuning) | linear (torchvision's avg pool + Linear, for from scratch)",
-    "dtype": "compute dtype (params stay float32)",
-    "schedule": "fine_tune (pretrained) or one_cycle (from scratch)",
-    "epochs": "epochs (the unfrozen epochs for fine_tune)",
-    "freeze_epochs": "fine_tune's frozen epochs",
-    "base_lr": "fine_tune's base_lr, or one_cycle's lr_max",
-    "lr_mult": "fine_tune's ratio of head lr to stem lr",
-    "pct_start": "fraction of one-cycle steps spent warming up",
-    "wd": "decoupled weight decay",
-    "thresh": "accuracy_multi threshold reported each epoch",
-    "seed": "seed of everything random",
-    "workdir": "where outputs and checkpoints go",
-}
-CHOICES = {"source": SOURCES, "head": HEADS, "schedule": SCHEDULES, "dtype": DTYPES}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with exact flag names only (no prefix matching) and one `error:` line for a bad flag."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def _bool(text: str) -> bool:
@@ -54,7 +37,7 @@ def _optional_str(text: str) -> str | None:
 
 def parser() -> argparse.ArgumentParser:
     """One flag per Config field (defaults shown are the demo preset's), plus mode/preset/resume/inputs."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="run.py",
         description="Multi-label image classification, fastai's chapter-6 workflow on JAX.")
     p.add_argument("--mode", choices=MODES, default="train", help="what to do (default: train)")
@@ -71,8 +54,8 @@ def parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(Config):
         default = getattr(demo, f.name)
         kind = _bool if isinstance(default, bool) else type(default) if default is not None else _optional_str
-        p.add_argument(f"--{f.name}", type=kind, default=argparse.SUPPRESS, choices=CHOICES.get(f.name),
-                       help=f"{HELP[f.name]} (demo: {default})")
+        p.add_argument(f"--{f.name}", type=kind, default=argparse.SUPPRESS, choices=f.metadata["choices"],
+                       help=f"{f.metadata['help']} (demo: {default})")
     return p
 
 
@@ -83,9 +66,17 @@ def config_from(args: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    """Run the mode the flags name; 0 on success, 2 for a user mistake (one `error:` line), 130 on a stop signal."""
+    p = parser()
+    try:
+        args = p.parse_args(argv)
+        if args.inputs and args.mode != "predict":
+            p.error(f"unrecognized arguments: {' '.join(args.inputs)} (image inputs are for --mode predict)")
+    except SystemExit as e:  # a bad flag (already reported on one line) or --help
+        return e.code
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        cfg = config_from(args)  # every value checked before anything heavy is imported or read
         from pml_jax import workflow
         from pml_jax.train.compile_cache import enable_compile_cache
 
@@ -93,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
             from pml_jax.train.mesh import initialize_distributed
             initialize_distributed(args.coordinator, args.num_processes, args.process_id)
         enable_compile_cache()
-        cfg = config_from(args)
         if args.mode == "train":
             workflow.train(cfg, resume=args.resume)
         elif args.mode == "lr_find":
@@ -103,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             workflow.predict(cfg.workdir, args.inputs, per_class=args.per_class)
     except PmlError as e:
-        print(f"error: {e}", file=sys.stderr)
+        first, *details = str(e).splitlines() or [""]
+        for line in details:  # the details first, so the one error line is the last thing printed
+            print(line, file=sys.stderr)
+        print(f"error: {first}", file=sys.stderr)
         return 2
     except StopRequested as e:
         print(f"{e}; a checkpoint was saved: rerun with --resume to continue", file=sys.stderr)

@@ -8,13 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pml_jax.choices import ARCHS, AUGMENT_MODES, CACHE_MODES, HEADS, VOC_VALID_SPLITS
 from pml_jax.errors import PmlError
+from pml_jax.train.precision import DTYPES
 
 SOURCES = ("synthetic", "pascal_2007", "voc", "tfds", "csv")
-HEADS = ("fastai", "linear")  # classifier heads (pml_jax.models.create_model)
 SCHEDULES = ("fine_tune", "one_cycle")
-DTYPES = ("float32", "bfloat16")
 MODES = ("train", "lr_find", "evaluate", "predict")
+
+
+def _field(default: Any, help: str, choices: tuple | None = None):
+    """A Config field with its help text (and its allowed values) beside it."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -22,42 +27,61 @@ class Config:
     """Everything that defines a run; a run is reproducible from it (and its seed)."""
 
     # data
-    source: str = "synthetic"
-    data_path: str | None = None  # pascal_2007 / voc root, or the image folder of a csv source
-    csv: str | None = None  # csv source: the table
-    skip_bad: bool = False  # drop unreadable images (and report them) instead of failing
-    synthetic_images: int = 2500  # size of the generated synthetic set
-    size: int = 64
-    min_scale: float = 0.35
-    flip: bool = False
-    fast_decode: bool = True  # False: train crops pixel-identical to fastai's (slower decode)
-    batch_size: int = 64
+    source: str = _field("synthetic", "data source", SOURCES)
+    data_path: str | None = _field(
+        None, "dataset folder (pascal_2007 / VOCdevkit / tfds data_dir / csv image folder)")
+    csv: str | None = _field(None, "csv source: the table (fname, labels, is_valid columns)")
+    voc_year: str = _field("2007", "voc source: the year folder to read (VOC2007, VOC2012, ...)")
+    valid_split: str = _field(
+        "val", "voc source: validation split, the official val list or test (then train on all of trainval)",
+        VOC_VALID_SPLITS)
+    drop_difficult: bool = _field(False, "voc source: ignore objects marked difficult")
+    skip_bad: bool = _field(False, "drop unreadable images and report them instead of stopping")
+    synthetic_images: int = _field(2500, "number of images of the generated synthetic set")
+    size: int = _field(64, "image side in pixels")
+    min_scale: float = _field(0.35, "RandomResizedCrop's smallest area fraction")
+    flip: bool = _field(False, "random horizontal flips in training")
+    fast_decode: bool = _field(
+        True, "decode train JPEGs at a reduced scale when the crop allows (false: pixel-exact fastai crops)")
+    cache: str = _field(
+        CACHE_MODES[0], "keep decoded images in RAM (decode once): auto = when they fit half the available memory",
+        CACHE_MODES)
+    augment: str = _field(
+        AUGMENT_MODES[0], "where train crops are resized: device (in jit, from windows the host cuts) | "
+        "host (Pillow: fastai's pixels bit for bit with a cache or fast_decode false); auto = device on "
+        "GPU/TPU, host on CPU",
+        AUGMENT_MODES)
+    batch_size: int = _field(64, "global batch size (all devices, all processes)")
     # model
-    arch: str = "resnet18"
-    pretrained: str | None = None  # None | IMAGENET1K_V1 | IMAGENET1K_V2 | timm/<repo> | a local file
-    head: str = "fastai"  # fastai's create_head, or "linear": torchvision's avg pool + Linear
-    dtype: str = "float32"
+    arch: str = _field("resnet18", "torchvision ResNet depth", tuple(ARCHS))
+    pretrained: str | None = _field(
+        None, "IMAGENET1K_V1 | IMAGENET1K_V2 | timm/<repo> | a local .pth/.safetensors/.npz; none = from scratch")
+    head: str = _field(
+        "fastai", "fastai (create_head, for fine-tuning) | linear (torchvision's avg pool + Linear, for from scratch)",
+        HEADS)
+    dtype: str = _field(
+        "auto", "compute dtype: auto = bfloat16 on TPU and bf16 GPUs, float32 on CPU (params stay float32)",
+        DTYPES)
     # schedule
-    schedule: str = "one_cycle"
-    epochs: int = 8
-    freeze_epochs: int = 1
-    base_lr: float = 1e-2
-    lr_mult: float = 100.0
-    pct_start: float = 0.25
-    wd: float = 0.01
+    schedule: str = _field("one_cycle", "fine_tune (pretrained) or one_cycle (from scratch)", SCHEDULES)
+    epochs: int = _field(8, "epochs (the unfrozen epochs for fine_tune)")
+    freeze_epochs: int = _field(1, "fine_tune's frozen epochs")
+    base_lr: float = _field(1e-2, "fine_tune's base_lr, or one_cycle's lr_max")
+    lr_mult: float = _field(100.0, "fine_tune's ratio of head lr to stem lr")
+    pct_start: float = _field(0.25, "fraction of one-cycle steps spent warming up")
+    wd: float = _field(0.01, "decoupled weight decay")
     # evaluation
-    thresh: float = 0.5
+    thresh: float = _field(0.5, "accuracy_multi threshold reported each epoch")
     # run
-    seed: int = 42
-    workdir: str = "runs/demo"
+    seed: int = _field(42, "seed of everything random")
+    workdir: str = _field("runs/demo", "where outputs and checkpoints go (a used one: the next free <workdir>-N)")
 
     def __post_init__(self):
-        for name, allowed in (("source", SOURCES), ("head", HEADS), ("schedule", SCHEDULES),
-                              ("dtype", DTYPES)):
-            value = getattr(self, name)
-            if value not in allowed:
-                raise PmlError(f"{name}={value!r} is not one of {list(allowed)}")
-        for name in ("size", "batch_size", "epochs"):
+        for f in dataclasses.fields(self):
+            allowed = f.metadata["choices"]
+            if allowed is not None and getattr(self, f.name) not in allowed:
+                raise PmlError(f"{f.name}={getattr(self, f.name)!r} is not one of {list(allowed)}")
+        for name in ("size", "batch_size", "epochs", "synthetic_images"):
             if getattr(self, name) <= 0:
                 raise PmlError(f"{name} must be positive, got {getattr(self, name)}")
         if self.freeze_epochs < 0:
@@ -66,8 +90,11 @@ class Config:
             raise PmlError(f"min_scale must be in (0, 1], got {self.min_scale}")
         if not 0.0 <= self.thresh <= 1.0:
             raise PmlError(f"thresh must be in [0, 1], got {self.thresh}")
-        if self.base_lr <= 0 or self.wd < 0:
-            raise PmlError(f"need base_lr > 0 and wd >= 0, got base_lr={self.base_lr} wd={self.wd}")
+        if not 0.0 <= self.pct_start <= 1.0:
+            raise PmlError(f"pct_start must be in [0, 1], got {self.pct_start}")
+        if self.base_lr <= 0 or self.wd < 0 or self.lr_mult <= 0:
+            raise PmlError(f"need base_lr > 0, lr_mult > 0 and wd >= 0, got base_lr={self.base_lr} "
+                           f"lr_mult={self.lr_mult} wd={self.wd}")
 
     def replace(self, **changes: Any) -> "Config":
         """A copy with `changes` applied (validated again)."""

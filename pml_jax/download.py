@@ -57,7 +57,7 @@ def download(
             total = have + int(length) if length is not None else size
             with open(part, "ab" if resumed else "wb") as out, tqdm(
                 total=total, initial=have, unit="B", unit_scale=True,
-                desc=dest.name, disable=not progress,
+                desc=dest.name, disable=None if progress else True,  # None: no bar off a terminal
             ) as bar:
                 for block in iter(lambda: response.read(CHUNK), b""):
                     out.write(block)
@@ -70,10 +70,9 @@ def download(
         else:
             raise PmlError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-        raise PmlError(
-            f"download of {url} failed ({e}); partial data kept in {part}, rerun to resume, "
-            f"or place the file at {dest} yourself"
-        ) from None
+        kept = (f"partial data kept in {part}, rerun to resume"
+                if part.exists() and part.stat().st_size else "rerun when online")
+        raise PmlError(f"download of {url} failed ({e}); {kept}, or place the file at {dest} yourself") from None
     if not _verified(part, sha256, size):
         got = part.stat().st_size
         part.unlink()

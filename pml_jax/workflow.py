@@ -1,22 +1,24 @@
 """The four things `run.py` does with a Config: train, lr_find, evaluate, predict.
 
-Every output lands in the config's workdir: config.json, vocab.json, metrics.jsonl, tb/ (TensorBoard),
-show_batch.png, lr_find.png/json, threshold_curve.png, per_class_ap.png, predictions.csv,
-summary.json, checkpoints/ (for --resume) and model/ (the final model with its thresholds).
+Each mode checks everything it can (config, weights, data, splits) before it writes a file. A
+training run writes into its workdir (a used one makes the run take the next free `<workdir>-N`):
+config.json, vocab.json, show_batch.png, metrics.jsonl, tb/, checkpoints/, loss.png, the results
+stage's files (pml_jax.results) and model/. evaluate writes into <workdir>/eval/, predict writes
+<workdir>/predict.csv, lr_find writes lr_find.png and lr_find.json.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from pml_jax import plots
+from pml_jax import plots, results
 from pml_jax.config import Config
 from pml_jax.data.checks import check_images
 from pml_jax.data.dataset import LabelledImages
@@ -24,42 +26,50 @@ from pml_jax.data.loaders import DataLoaders
 from pml_jax.data.show_batch import show_batch
 from pml_jax.data.sources import load_source
 from pml_jax.errors import PmlError
-from pml_jax.metrics import epoch_metrics, per_class_thresholds
-from pml_jax.models import create_model
+from pml_jax.models import create_model, fetch
 from pml_jax.train.checkpoint import Checkpoints
 from pml_jax.train.learner import Learner
+from pml_jax.train.precision import compute_dtype
 from pml_jax.train.tensorboard import TensorBoard
 
-SWEEP = np.linspace(0.05, 0.95, 29)  # the seed's `torch.linspace(0.05, 0.95, 29)`
-# What the seed notebook (fastai, resnet50, fine_tune(3, 3e-3, freeze_epochs=4)) reports.
-SEED_RESULTS = {"accuracy_multi": 0.952809, "best_accuracy": 0.9563, "best_thresh": 0.5}
+RUN_MARKERS = ("checkpoints", "model", "metrics.jsonl")  # a workdir holding one of them has been trained in
 
 
-def load_items(cfg: Config, log: Callable[[str], None] = print) -> LabelledImages:
-    """The config's data source, with every image checked (bad ones dropped with `skip_bad`)."""
-    kwargs = {
-        "synthetic": {"root": cfg.data_path, "n_images": cfg.synthetic_images},
-        "pascal_2007": {"path": cfg.data_path},
-        "voc": {"root": cfg.data_path},
-        "tfds": {"data_dir": cfg.data_path},
-        "csv": {"csv_or_df": cfg.csv, "image_root": cfg.data_path},
-    }[cfg.source]
+def check_source(cfg: Config) -> None:
+    """The flags the config's source needs, before anything is read."""
     if cfg.source in ("voc", "csv") and cfg.data_path is None:
         raise PmlError(f"source {cfg.source!r} needs --data_path")
     if cfg.source == "csv" and cfg.csv is None:
         raise PmlError("source 'csv' needs --csv")
+
+
+def load_items(cfg: Config, log: Callable[[str], None] = print) -> LabelledImages:
+    """The config's data source, with every image checked (bad ones dropped with `skip_bad`)."""
+    check_source(cfg)
+    kwargs = {
+        "synthetic": {"root": cfg.data_path, "n_images": cfg.synthetic_images},
+        "pascal_2007": {"path": cfg.data_path},
+        "voc": {"root": cfg.data_path, "year": cfg.voc_year, "valid_split": cfg.valid_split,
+                "drop_difficult": cfg.drop_difficult},
+        "tfds": {"data_dir": cfg.data_path, "drop_difficult": cfg.drop_difficult},
+        "csv": {"csv_or_df": cfg.csv, "image_root": cfg.data_path},
+    }[cfg.source]
     items, report = check_images(load_source(cfg.source, **kwargs), skip_bad=cfg.skip_bad)
     log(report.summary())
     return items
 
 
-def data_loaders(cfg: Config, items: LabelledImages) -> DataLoaders:
-    return DataLoaders(items, size=cfg.size, batch_size=cfg.batch_size, seed=cfg.seed,
-                       min_scale=cfg.min_scale, flip=cfg.flip, fast_decode=cfg.fast_decode)
+def data_loaders(cfg: Config, items: LabelledImages, log: Callable[[str], None] = print) -> DataLoaders:
+    """The config's loaders for `items`; logs the cache decision (kept in RAM or not, its size)."""
+    dls = DataLoaders(items, size=cfg.size, batch_size=cfg.batch_size, seed=cfg.seed,
+                      min_scale=cfg.min_scale, flip=cfg.flip, fast_decode=cfg.fast_decode,
+                      cache=cfg.cache, augment=cfg.augment)
+    log(f"{dls.cache_decision().summary()}; train crops resized on the {dls.augment_on}")
+    return dls
 
 
 def _dtype(cfg: Config):
-    return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+    return compute_dtype(cfg.dtype)
 
 
 def _model(cfg: Config, n_out: int, pretrained: str | None):
@@ -67,123 +77,177 @@ def _model(cfg: Config, n_out: int, pretrained: str | None):
     return create_model(cfg.arch, n_out, pretrained, dtype=_dtype(cfg), seed=cfg.seed, head=cfg.head)
 
 
-def _learner(cfg: Config, items: LabelledImages, log, writer=None, checkpoints: bool = True) -> Learner:
-    model, variables = _model(cfg, len(items.vocab), cfg.pretrained)
-    meta = {"config": json.loads(cfg.to_json()), "vocab": list(items.vocab)}
-    return Learner(model, variables, data_loaders(cfg, items), wd=cfg.wd, thresh=cfg.thresh,
-                   dtype=_dtype(cfg), seed=cfg.seed, workdir=cfg.workdir if checkpoints else None,
-                   log=log, meta=meta,
-                   writer=writer)
+def _learner(cfg: Config, dls: DataLoaders, log, writer=None, checkpoints: bool = True) -> Learner:
+    model, variables = _model(cfg, len(dls.vocab), cfg.pretrained)
+    meta = {"config": json.loads(cfg.to_json()), "vocab": list(dls.vocab)}
+    return Learner(model, variables, dls, wd=cfg.wd, thresh=cfg.thresh, dtype=_dtype(cfg), seed=cfg.seed,
+                   workdir=cfg.workdir if checkpoints else None, log=log, meta=meta, writer=writer)
 
 
-def _prepare_workdir(cfg: Config, items: LabelledImages) -> Path:
+def run_folder(workdir: Path, resume: bool, log: Callable[[str], None] = print) -> Path:
+    """`workdir`, or with it already trained in (and no `resume`) the first free `<workdir>-N`, N >= 2.
+
+    Every process of a multi-host run gets process 0's choice.
+    """
+    def used(path: Path) -> bool:
+        return any((path / name).exists() for name in RUN_MARKERS)
+
+    n = 1
+    if not resume:
+        while used(workdir if n == 1 else workdir.with_name(f"{workdir.name}-{n}")):
+            n += 1
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        n = int(multihost_utils.broadcast_one_to_all(np.int32(n)))
+    if n == 1:
+        return workdir
+    chosen = workdir.with_name(f"{workdir.name}-{n}")
+    log(f"{workdir} holds an earlier run: this run writes to {chosen} (--resume continues {workdir})")
+    return chosen
+
+
+def header(cfg: Config, dls: DataLoaders, mode: str) -> str:
+    """The opening lines: devices, data, model and schedule, where the outputs go."""
+    devices = jax.devices()
+    items = dls.items
+    n_train, n_valid = len(items.subset(False)), len(items.subset(True))
+    weights = f"{cfg.pretrained} weights" if cfg.pretrained else "from scratch"
+    if cfg.schedule == "fine_tune":
+        plan = f"fine_tune({cfg.epochs}, base_lr={cfg.base_lr:g}, freeze_epochs={cfg.freeze_epochs})"
+    else:
+        plan = f"fit_one_cycle({cfg.epochs}, lr_max={cfg.base_lr:g})"
+    classes = ", ".join(items.vocab[:8]) + (", ..." if len(items.vocab) > 8 else "")
+    return "\n".join([
+        f"pml_jax {mode}: {len(devices)} {devices[0].platform} device(s) ({devices[0].device_kind}), "
+        f"{jax.process_count()} process(es), compute {np.dtype(_dtype(cfg)).name}",
+        f"data: {items.name}, {n_train} train / {n_valid} valid items, {len(items.vocab)} classes ({classes})",
+        f"model: {cfg.arch} + {cfg.head} head, {weights}; {cfg.size} px, batch {cfg.batch_size} "
+        f"({dls.steps_per_epoch} steps/epoch); {plan}",
+        f"outputs: {cfg.workdir}",
+    ])
+
+
+def _write_run_files(cfg: Config, dls: DataLoaders) -> Path:
+    """config.json, vocab.json and show_batch.png of a new run (process 0 only)."""
     workdir = Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    cfg.save(workdir / "config.json")
-    (workdir / "vocab.json").write_text(json.dumps(list(items.vocab)) + "\n")
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        cfg.save(workdir / "config.json")
+        (workdir / "vocab.json").write_text(json.dumps(list(dls.vocab)) + "\n")
+        show_batch(dls, workdir / "show_batch.png")
     return workdir
 
 
 def train(cfg: Config, resume: bool = False, log: Callable[[str], None] = print) -> dict:
     """Train as the config says (fine_tune or fit_one_cycle), then write every output; returns the summary."""
-    checkpoints = Path(cfg.workdir) / "checkpoints"
-    if not resume and checkpoints.is_dir() and Checkpoints(checkpoints).latest_step() is not None:
-        raise PmlError(f"{cfg.workdir} already holds checkpoints: pass --resume or choose another --workdir")
-    items = load_items(cfg, log)
-    workdir = _prepare_workdir(cfg, items)
-    dls = data_loaders(cfg, items)
-    show_batch(dls, workdir / "show_batch.png")
-    writer = TensorBoard(workdir / "tb")
+    check_source(cfg)
+    cfg = cfg.replace(workdir=str(run_folder(Path(cfg.workdir), resume, log)))
+    if cfg.pretrained:
+        fetch(cfg.arch, cfg.pretrained)  # a missing file or a failed download stops here, before any data is read
+    dls = data_loaders(cfg, load_items(cfg, log), log)
+    dls.check_fit()
+    log(header(cfg, dls, "train"))
+    workdir = _write_run_files(cfg, dls)
+    writer = TensorBoard(workdir / "tb") if jax.process_index() == 0 else None
+    learner = _learner(cfg, dls, log, writer)
     try:
-        learner = _learner(cfg, items, log, writer)
         if resume and learner.resume():
-            log(f"resuming from {learner.checkpoints.latest_step()} in {learner.checkpoints.directory}")
+            log(f"resuming from step {learner.checkpoints.latest_step()} in {learner.checkpoints.directory}")
         if cfg.schedule == "fine_tune":
             learner.fine_tune(cfg.epochs, cfg.base_lr, cfg.freeze_epochs, cfg.lr_mult, cfg.pct_start)
         else:
             learner.fit_one_cycle(cfg.epochs, cfg.base_lr, cfg.pct_start)
-        summary = report(cfg, items, learner, log)
-        export_model(workdir / "model", learner, cfg, items.vocab, summary)
+        loss_png = _plot_loss(learner, workdir / "loss.png")
+        summary, paths = report(learner, cfg.thresh, workdir, log, seed=_is_seed_recipe(cfg))
+        export_model(workdir / "model", learner, cfg, summary)
     finally:
-        writer.close()
+        learner.checkpoints.close()
+        if writer is not None:
+            writer.close()
+    written = ["config.json", "vocab.json", "show_batch.png", "metrics.jsonl", "tb", "checkpoints"]
+    results.log_outputs(workdir, [*(workdir / n for n in written), loss_png, *paths, workdir / "model"], log)
     return summary
 
 
-def report(cfg: Config, items: LabelledImages, learner: Learner, log) -> dict:
-    """Validation predictions -> metrics, threshold sweep, per-class cutoffs, plots, CSV, summary."""
-    workdir = Path(cfg.workdir)
-    probs, targs, mask, _ = learner.get_preds()
-    m = jax.device_get(epoch_metrics(probs, targs, mask, thresh=cfg.thresh, thresholds=SWEEP))
-    probs, targs, keep = (np.asarray(x) for x in jax.device_get((probs, targs, mask)))  # one transfer
-    p, t = probs[keep], targs[keep]
-    per_class = np.asarray(per_class_thresholds(p, t, thresholds=np.linspace(0.01, 0.99, 99)))
-    summary = {
-        "n_valid": int(keep.sum()), "thresh": cfg.thresh,
-        "accuracy_multi": float(m["accuracy_multi"]), "best_thresh": float(m["best_thresh"]),
-        "best_accuracy": float(m["best_accuracy"]), "mAP": float(m["mAP"]),
-        "voc07_mAP": float(m["voc07_mAP"]), "f1_micro": float(m["f1_micro"]),
-        "f1_macro": float(m["f1_macro"]), "per_class_thresholds": dict(zip(items.vocab, per_class.tolist())),
-        "per_class_ap": dict(zip(items.vocab, np.asarray(m["ap"]).tolist())),
-    }
-    plots.plot_threshold_curve(SWEEP, {"accuracy_multi": m["sweep_accuracy"], "F1 (micro)": m["sweep_f1_micro"]},
-                               summary["best_thresh"], workdir / "threshold_curve.png")
-    plots.plot_per_class_ap(items.vocab, m["ap"], workdir / "per_class_ap.png")
-    valid = items.subset(True)
-    table = pd.DataFrame({"fname": valid["fname"], "labels": valid["labels"],
-                          "predicted": [" ".join(np.asarray(items.vocab)[row > cfg.thresh]) for row in p]})
-    table = pd.concat([table, pd.DataFrame(p, columns=[f"p_{v}" for v in items.vocab])], axis=1)
-    table.to_csv(workdir / "predictions.csv", index=False)
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log(summary_table(summary, seed=cfg.source == "pascal_2007" and cfg.arch == "resnet50"))
-    return summary
+def _is_seed_recipe(cfg: Config) -> bool:
+    return cfg.source == "pascal_2007" and cfg.arch == "resnet50"
 
 
-def summary_table(summary: dict, seed: bool = False) -> str:
-    """The closing table; with `seed`, the seed notebook's fastai figures side by side."""
-    rows = [(f"accuracy_multi @ {summary['thresh']:g}", summary["accuracy_multi"], SEED_RESULTS["accuracy_multi"]),
-            ("best sweep threshold", summary["best_thresh"], SEED_RESULTS["best_thresh"]),
-            ("accuracy_multi @ best", summary["best_accuracy"], SEED_RESULTS["best_accuracy"]),
-            ("mAP (sklearn AP, macro)", summary["mAP"], None),
-            ("mAP (VOC07 11-point)", summary["voc07_mAP"], None),
-            ("F1 micro @ thresh", summary["f1_micro"], None),
-            ("F1 macro @ thresh", summary["f1_macro"], None)]
-    head = f"{'metric':<26}{'pml_jax':>10}" + (f"{'fastai seed':>13}" if seed else "")
-    lines = [head, "-" * len(head)]
-    for name, ours, theirs in rows:
-        extra = (f"{theirs:>13.4f}" if theirs is not None else f"{'':>13}") if seed else ""
-        lines.append(f"{name:<26}{ours:>10.4f}{extra}")
-    return "\n".join(lines)
+def _plot_loss(learner: Learner, path: Path) -> Path:
+    """loss.png: every step's training loss and each epoch's valid loss, phase starts marked."""
+    rows = learner.history
+    phase_starts = [prev["step"] for prev, row in zip(rows, rows[1:]) if row["phase"] != prev["phase"]]
+    if jax.process_index() == 0:
+        plots.plot_loss(learner.step_losses, [r["step"] for r in rows], [r["valid_loss"] for r in rows], path,
+                        phase_starts=phase_starts)
+    return path
 
 
-def export_model(path: Path, learner: Learner, cfg: Config, vocab, summary: dict) -> None:
+def report(learner: Learner, thresh: float, outdir: Path, log, seed: bool = False) -> tuple[dict, list[Path]]:
+    """The results stage over the learner's validation split: summary, table, pictures in `outdir`."""
+    probs, targs, mask, losses = learner.get_preds()
+    summary = results.summarize(probs, targs, mask, learner.dls.vocab, thresh)
+    probs, targs, keep, losses = (np.asarray(x) for x in jax.device_get((probs, targs, mask, losses)))
+    valid = learner.dls.items.subset(True)
+    table = results.predictions_table(valid["fname"], probs[keep], learner.dls.vocab, thresh, valid["labels"])
+    worst = np.argsort(-losses[keep], kind="stable")[:results.TOP_LOSSES]
+    shown = {"image": valid_images(learner.dls, worst), "target": targs[keep][worst],
+             "probs": probs[keep][worst], "loss": losses[keep][worst]}
+    paths = results.write_results(outdir, summary, table, learner.dls.vocab, shown)
+    log(results.summary_table(summary, seed=seed))
+    return summary, paths
+
+
+def valid_images(dls: DataLoaders, indices) -> np.ndarray:
+    """uint8 [len(indices), size, size, 3]: validation items `indices` (split order) as the model saw them."""
+    wanted = {int(i): k for k, i in enumerate(indices)}
+    out = np.zeros((len(wanted), dls.size, dls.size, 3), np.uint8)
+    start = 0
+    for batch in dataclasses.replace(dls, process_index=0, process_count=1).valid():
+        for j in range(int(np.sum(batch["mask"]))):
+            if start + j in wanted:
+                out[wanted[start + j]] = batch["image"][j]
+        start += len(batch["mask"])
+        if start > max(wanted, default=-1):
+            break
+    return out
+
+
+def export_model(path: Path, learner: Learner, cfg: Config, summary: dict) -> None:
     """Save params, stats, config, vocab and the chosen thresholds as the run's final model."""
-    meta = {"config": json.loads(cfg.to_json()), "vocab": list(vocab), "thresh": cfg.thresh,
+    meta = {"config": json.loads(cfg.to_json()), "vocab": list(learner.dls.vocab), "thresh": cfg.thresh,
             "best_thresh": summary["best_thresh"], "per_class_thresholds": summary["per_class_thresholds"]}
-    store = Checkpoints(path, keep=1)  # a new step, so the previous export stays until this one is complete
-    store.save((store.latest_step() or 0) + 1, {"params": learner.params, "batch_stats": learner.batch_stats}, meta)
+    with Checkpoints(path, keep=1) as store:  # a new step: the previous export stays until this one is complete
+        store.save((store.latest_step() or 0) + 1, {"params": learner.params, "batch_stats": learner.batch_stats},
+                   meta)
 
 
 def load_model(workdir: str | Path):
     """(model, variables, meta) of the final model exported in `workdir`."""
-    store = Checkpoints(Path(workdir) / "model", keep=1)
-    if store.latest_step() is None:
-        raise PmlError(f"no trained model in {Path(workdir) / 'model'}: run training with this --workdir first")
-    meta = store.read_meta()
-    cfg = Config(**meta["config"])
-    model, variables = _model(cfg, len(meta["vocab"]), None)
-    state, meta = store.restore({"params": variables["params"], "batch_stats": variables["batch_stats"]})
+    path = Path(workdir) / "model"
+    store = Checkpoints.existing(path)
+    if store is None:
+        raise PmlError(f"no trained model in {path}: run training with this --workdir first")
+    with store:
+        meta = store.read_meta()
+        cfg = Config(**meta["config"])
+        model, variables = _model(cfg, len(meta["vocab"]), None)
+        state, meta = store.restore({"params": variables["params"], "batch_stats": variables["batch_stats"]})
     return model, state, meta
 
 
 def evaluate(workdir: str | Path, log: Callable[[str], None] = print) -> dict:
-    """Re-score the validation set with the exported model of `workdir` (writes eval_summary.json)."""
+    """Re-score the validation set with the exported model of `workdir`; writes into <workdir>/eval/."""
     model, state, meta = load_model(workdir)
     cfg = Config(**meta["config"])
-    items = load_items(cfg, log)
-    learner = Learner(model, state, data_loaders(cfg, items), thresh=cfg.thresh, dtype=_dtype(cfg),
-                      seed=cfg.seed, log=log)
-    summary = report(cfg.replace(workdir=str(workdir)), items, learner, log)
-    (Path(workdir) / "eval_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    dls = data_loaders(cfg, load_items(cfg, log), log)
+    if len(dls.items.subset(True)) == 0:
+        raise PmlError(f"{dls.items.name}: the validation split is empty: nothing to evaluate")
+    outdir = Path(workdir) / "eval"
+    learner = Learner(model, state, dls, thresh=cfg.thresh, dtype=_dtype(cfg), seed=cfg.seed, log=log)
+    summary, paths = report(learner, cfg.thresh, outdir, log)
+    results.log_outputs(outdir, paths, log)
     return summary
 
 
@@ -202,7 +266,8 @@ def image_files(inputs: list[str]) -> list[Path]:
         else:
             raise PmlError(f"predict: {path} does not exist")
     if not files:
-        raise PmlError(f"predict: no images found in {inputs}")
+        raise PmlError(f"predict: no images found in {inputs}" if inputs else
+                       "predict: name the image files or folders to label after the flags")
     return files
 
 
@@ -211,39 +276,52 @@ def predict(workdir: str | Path, inputs: list[str], per_class: bool = False,
     """Label image files/folders with the exported model of `workdir` and its saved threshold.
 
     per_class: use the per-class cutoffs chosen on validation instead of the global threshold.
-    Writes workdir/predict.csv; returns it as a DataFrame (fname, labels, p_<class>...).
+    Writes workdir/predict.csv; returns it as a DataFrame (fname, predicted, p_<class>...).
     """
+    files = [str(p.absolute()) for p in image_files(inputs)]
     model, state, meta = load_model(workdir)
     cfg, vocab = Config(**meta["config"]), meta["vocab"]
-    files = [str(p.absolute()) for p in image_files(inputs)]
     df = pd.DataFrame({"fname": files, "labels": "", "is_valid": True})
-    items, _ = check_images(LabelledImages(df, Path("/"), tuple(vocab), name="predict"), skip_bad=True,
-                            tables=False)
-    dropped = sorted(set(files) - set(items.df["fname"]))
-    for f in dropped:
+    items, report_ = check_images(LabelledImages(df, Path("/"), tuple(vocab), name="predict"), skip_bad=True,
+                                  tables=False)
+    if len(items.df) == 0:
+        raise PmlError(f"predict: none of the {len(files)} image(s) could be read\n" + report_.summary())
+    for f in sorted(set(files) - set(items.df["fname"])):
         log(f"skipped unreadable image {f}")
-    learner = Learner(model, state, DataLoaders(items, size=cfg.size, batch_size=batch_size, seed=cfg.seed),
-                      dtype=_dtype(cfg), log=log)
+    once = DataLoaders(items, size=cfg.size, batch_size=batch_size, seed=cfg.seed, cache="none")  # one pass
+    learner = Learner(model, state, once, dtype=_dtype(cfg), log=log)
     probs, _, mask, _ = learner.get_preds()
     p = np.asarray(jax.device_get(probs))[np.asarray(jax.device_get(mask))]
     cut = np.array([meta["per_class_thresholds"][v] for v in vocab]) if per_class else meta["thresh"]
-    labels = [" ".join(np.asarray(vocab)[row > cut]) for row in p]
-    out = pd.concat([pd.DataFrame({"fname": items.df["fname"], "labels": labels}),
-                     pd.DataFrame(p, columns=[f"p_{v}" for v in vocab])], axis=1)
-    out.to_csv(Path(workdir) / "predict.csv", index=False)
-    for fname, lab, row in zip(out["fname"], labels, p):
+    out = results.predictions_table(items.df["fname"], p, vocab, cut)
+    for fname, lab, row in zip(out["fname"], out["predicted"], p):
         top = ", ".join(f"{v} {q:.2f}" for v, q in zip(vocab, row) if q > 0.05)
         log(f"{fname}: {lab or '(none)'}  [{top}]")
+    path = Path(workdir) / "predict.csv"
+    if jax.process_index() == 0:
+        out.to_csv(path, index=False)
+    log(f"wrote {len(out)} predictions to {path}")
     return out
 
 
 def lr_find(cfg: Config, log: Callable[[str], None] = print) -> dict:
-    """fastai lr_find on the config's data and model (frozen when the schedule is fine_tune)."""
-    items = load_items(cfg, log)
-    workdir = _prepare_workdir(cfg, items)
-    learner = _learner(cfg, items, log, checkpoints=False)
+    """fastai lr_find on the config's data and model (frozen when the schedule is fine_tune).
+
+    Writes lr_find.png and lr_find.json (the curve, the suggestion and the config) into the workdir.
+    """
+    check_source(cfg)
+    if cfg.pretrained:
+        fetch(cfg.arch, cfg.pretrained)
+    dls = data_loaders(cfg, load_items(cfg, log), log)
+    log(header(cfg, dls, "lr_find"))
+    learner = _learner(cfg, dls, log, checkpoints=False)
     result = learner.lr_find(frozen=cfg.schedule == "fine_tune")
-    plots.plot_lr_find(result["lrs"], result["losses"], result["suggestion"], workdir / "lr_find.png")
-    (workdir / "lr_find.json").write_text(json.dumps(result, indent=2) + "\n")
+    workdir = Path(cfg.workdir)
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        plots.plot_lr_find(result["lrs"], result["losses"], result["suggestion"], workdir / "lr_find.png")
+        (workdir / "lr_find.json").write_text(json.dumps({**result, "config": json.loads(cfg.to_json())},
+                                                         indent=2) + "\n")
     log(f"lr_find suggestion (valley): {result['suggestion']:.3g}")
+    results.log_outputs(workdir, [workdir / "lr_find.png", workdir / "lr_find.json"], log)
     return result

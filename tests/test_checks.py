@@ -54,7 +54,7 @@ def test_every_bad_file_is_reported_in_one_error(mixed):
     with pytest.raises(PmlError) as e:
         check_images(items)
     msg = str(e.value)
-    assert f"{len(bad_names)} bad image(s)" in msg
+    assert f"{len(bad_names)} of " in msg and "--skip_bad true" in msg
     for name in bad_names:
         assert name in msg
     assert "good" not in msg
@@ -94,7 +94,7 @@ def test_clean_set_passes_untouched(tmp_path):
 
 def test_long_error_lists_first_20_and_counts_the_rest(tmp_path):
     items = make_items(tmp_path, [(f"m{i:02d}.jpg", "a", i == 0) for i in range(SHOWN + 5)])
-    with pytest.raises(PmlError, match=r"25 bad image\(s\)[\s\S]*and 5 more") as e:
+    with pytest.raises(PmlError, match=r"25 of 25 images[\s\S]*and 5 more") as e:
         check_images(items)
     assert "m19.jpg" in str(e.value) and "m20.jpg" not in str(e.value)
 

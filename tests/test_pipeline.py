@@ -3,7 +3,6 @@
 import io
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -12,6 +11,7 @@ from PIL import Image
 
 from pml_jax.data import pipeline
 from pml_jax.data.dataset import LabelledImages
+from pml_jax.data.loaders import DataLoaders
 from pml_jax.data.show_batch import batch_titles, show_batch
 from pml_jax.errors import PmlError
 
@@ -278,17 +278,39 @@ def test_importing_the_pipeline_does_not_import_tensorflow():
 
 def test_batch_titles_join_labels_like_fastai():
     t = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0]], np.float32)
-    assert batch_titles(t, VOCAB) == ["cat;horse", "", "dog"]
+    assert batch_titles(t, VOCAB) == ["cat;horse", "(none)", "dog"]
 
 
 def test_show_batch_writes_a_grid_png(tmp_path, solid):
-    dls = SimpleNamespace(items=solid, size=32, seed=0, min_scale=0.35, flip=False)
+    dls = DataLoaders(solid, size=32, batch_size=4, seed=0)
     path = show_batch(dls, tmp_path / "out" / "show_batch.png", nrows=2, ncols=3)
     img = np.asarray(Image.open(path).convert("RGB"))
-    assert img.shape == (2 * 3 * 72, 3 * 3 * 72, 3)
+    assert img.shape == (2 * 3 * 100, 3 * 3 * 100, 3)
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 6  # images and titles were drawn
     batch = {"image": np.zeros((4, 8, 8, 3), np.uint8), "target": np.eye(4, 3, dtype=np.float32),
              "mask": np.array([True, True, False, True])}
     assert show_batch(batch, tmp_path / "b.png", VOCAB, 1, 3).exists()
     with pytest.raises(PmlError, match="vocab"):
         show_batch(batch, tmp_path / "c.png")
+
+
+@pytest.mark.parametrize("settings,change", [
+    ({"fast_decode": False, "cache": "none", "augment": "host"}, {"fast_decode": True}),
+    ({"fast_decode": True, "cache": "none", "augment": "host"}, {"fast_decode": False}),
+    ({"augment": "device"}, {"augment": "host"}),
+])
+def test_show_batch_shows_the_training_pixels_of_its_loaders(tmp_path, monkeypatch, settings, change):
+    """show_batch draws the crops its loaders train on: exact or fast decoding (the fastbook preset
+    turns fast_decode off), resized on the device or on the host."""
+    from pml_jax.data import show_batch as module
+    from pml_jax.data.synthetic import synthetic
+
+    items = synthetic(root=tmp_path / "set", n_images=24, min_side=200, max_side=260)
+    dls = DataLoaders(items, size=32, batch_size=8, seed=3, **settings)
+    drawn = {}
+    monkeypatch.setattr(module, "plot_image_grid", lambda images, *a, **k: drawn.setdefault("images", images))
+    show_batch(dls, tmp_path / "grid.png", nrows=2, ncols=2)
+    other = DataLoaders(items, size=32, batch_size=4, seed=3, **{**settings, **change})
+    same = DataLoaders(items, size=32, batch_size=4, seed=3, **settings)
+    np.testing.assert_array_equal(drawn["images"], same.finish(next(iter(same.train(0))))["image"])
+    assert not np.array_equal(drawn["images"], other.finish(next(iter(other.train(0))))["image"])

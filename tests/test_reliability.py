@@ -7,14 +7,18 @@ seeded generator (PML_JAX_FAULT_SEED, default 8). The runs use the tiny settings
 and share the session's compilation cache (PML_JAX_HOME, set by conftest.py).
 """
 
+import fcntl
 import io
 import json
 import os
+import pty
 import re
 import shutil
 import signal
 import subprocess
+import struct
 import sys
+import termios
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,7 +46,8 @@ _rng = np.random.default_rng(int(os.environ.get("PML_JAX_FAULT_SEED", "8")))
 TERM_AT = int(_rng.integers(1, SPE))  # SIGTERM once this many steps are done (phase 0)
 KILL_AT = int(_rng.integers(SPE + 1, 2 * SPE - 1))  # SIGKILL in phase 1, before its last step
 NAN_AT = int(_rng.integers(SPE, 2 * SPE))  # the global step whose loss is NaN
-PROGRESS = re.compile(r"phase (\d+) epoch (\d+):\s*\d+%\|[^|]*\|\s*(\d+)/\d+")
+# the progress bar (drawn on a terminal only, so stderr is a pseudo-terminal): frozen epoch k, then epoch k
+PROGRESS = re.compile(r"(frozen )?epoch (\d+)/\d+:\s*\d+%\|[^|]*\|\s*(\d+)/\d+")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -57,31 +62,44 @@ def run(data: Path, workdir: Path, *flags: str, fault: tuple = (), signal_at: tu
     script = [str(TESTS / "reliability_worker.py"), *fault] if fault else [str(TESTS.parent / "run.py")]
     cmd = [sys.executable, *script, *RUN, "--data_path", str(data), "--workdir", str(workdir), *flags]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen(cmd, cwd=TESTS.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    master, slave = pty.openpty()  # tqdm draws its bar only on a terminal, and only one with columns
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 200, 0, 0))
+    proc = subprocess.Popen(cmd, cwd=TESTS.parent, env=env, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
     out: list[bytes] = []
     err: list[bytes] = []
 
+    def read(stream):
+        if isinstance(stream, int):  # the terminal's master end: EIO once the child has closed it
+            try:
+                return os.read(stream, 4096)
+            except OSError:
+                return b""
+        return stream.read1(4096)
+
     def pump(stream, sink, watch):
-        for chunk in iter(lambda: stream.read1(4096), b""):
+        for chunk in iter(lambda: read(stream), b""):
             sink.append(chunk)
             if watch and signal_at is not None and proc.returncode is None:
                 tail = b"".join(sink[-4:]).decode("utf-8", "replace")
-                done = [(int(p) + int(e)) * SPE + int(n) for p, e, n in PROGRESS.findall(tail)]
+                done = [(0 if frozen else SPE) + (int(e) - 1) * SPE + int(n)
+                        for frozen, e, n in PROGRESS.findall(tail)]
                 if done and max(done) >= signal_at[1]:
                     proc.send_signal(signal_at[0])
                     watch = False
 
     threads = [threading.Thread(target=pump, args=(proc.stdout, out, False)),
-               threading.Thread(target=pump, args=(proc.stderr, err, True))]
+               threading.Thread(target=pump, args=(master, err, True))]
     for t in threads:
         t.start()
     proc.wait(timeout=900)
     for t in threads:
         t.join()
+    os.close(master)
     folder = workdir / "checkpoints"
     metrics = workdir / "metrics.jsonl"
     return {"rc": proc.returncode, "out": b"".join(out).decode("utf-8", "replace"),
-            "err": b"".join(err).decode("utf-8", "replace"),
+            "err": b"".join(err).decode("utf-8", "replace").replace("\r\n", "\n"),
             "checkpoints": sorted(os.listdir(folder)) if folder.is_dir() else [],
             "rows": metrics.read_text().splitlines() if metrics.is_file() else []}
 
@@ -184,13 +202,14 @@ def test_resume_on_a_workdir_without_checkpoints_starts_fresh(runs):
 
 
 @pytest.mark.slow
-def test_a_workdir_with_checkpoints_is_refused_without_resume_and_left_untouched(runs, data, capsys):
+def test_a_used_workdir_is_left_untouched_without_resume(runs, data, capsys):
+    """A second run without --resume takes the next free <workdir>-N and says so."""
     ref = runs["dirs"]["ref"]
     before = {p: p.read_bytes() for p in ref.rglob("*") if p.is_file()}
-    assert main(RUN + ["--data_path", str(data), "--workdir", str(ref)]) == 2
-    err = capsys.readouterr().err
-    assert "already holds checkpoints: pass --resume" in err and "Traceback" not in err
+    assert main(RUN + ["--data_path", str(data), "--workdir", str(ref)]) == 0
+    assert f"{ref} holds an earlier run: this run writes to {ref.with_name('ref-2')}" in capsys.readouterr().out
     assert {p: p.read_bytes() for p in ref.rglob("*") if p.is_file()} == before
+    assert (ref.with_name("ref-2") / "model").is_dir()
 
 
 @pytest.mark.slow
@@ -203,15 +222,15 @@ def test_sigterm_sigkill_and_a_crash_while_committing_then_resume_lose_nothing(r
     assert TERM_AT <= stopped <= SPE and temporary(a1) == []
     # SIGKILL mid phase 1: the end-of-phase-0 checkpoint is the newest, whole
     assert a2["rc"] == -signal.SIGKILL, stage(a2, "a2 SIGKILL")
-    assert f"resuming from {stopped} " in a2["out"]
+    assert f"resuming from step {stopped} " in a2["out"]
     assert committed(a2)[-1] == SPE and temporary(a2) == []
     # killed after writing the last checkpoint, before orbax's atomic rename: it does not count
     assert a3["rc"] == -signal.SIGKILL, stage(a3, "a3 crash at commit")
-    assert f"resuming from {SPE} " in a3["out"]
+    assert f"resuming from step {SPE} " in a3["out"]
     assert committed(a3)[-1] == SPE and temporary(a3) == [f"{LAST}.orbax-checkpoint-tmp"]
     assert len(a3["rows"]) == 2  # the phase-1 row was logged before the crash ...
     assert a4["rc"] == 0, stage(a4, "a4 resume")
-    assert f"resuming from {SPE} " in a4["out"]
+    assert f"resuming from step {SPE} " in a4["out"]
     assert committed(a4) == [SPE, LAST] and temporary(a4) == []  # ... and the leftovers cleaned up
     assert_same_result(runs["dirs"]["a"], runs["dirs"]["ref"])  # ... and not repeated
 
@@ -231,7 +250,7 @@ def test_nan_loss_a_deleted_image_and_a_crash_mid_save_then_resume_lose_nothing(
     assert b3["rc"] == -signal.SIGKILL, stage(b3, "b3 crash at create")
     assert committed(b3) == [SPE] and temporary(b3) == [f"{LAST}.orbax-checkpoint-tmp"]
     assert b4["rc"] == 0, stage(b4, "b4 resume")
-    assert f"resuming from {SPE} " in b4["out"]
+    assert f"resuming from step {SPE} " in b4["out"]
     assert committed(b4) == [SPE, LAST] and temporary(b4) == []
     assert_same_result(runs["dirs"]["b"], runs["dirs"]["ref"])
 
@@ -282,7 +301,8 @@ def test_bad_images_are_reported_up_front_by_name(bad_csv_set, tmp_path, capsys)
     root, bad, _ = bad_csv_set
     assert main(csv_flags(root, tmp_path / "w")) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and f"{len(bad)} bad image(s)" in err and "skip_bad" in err
+    assert err.strip().splitlines()[-1].startswith("error: ") and f"{len(bad)} of " in err
+    assert "--skip_bad true" in err
     assert "Traceback" not in err
     for name in bad:
         assert name in err
@@ -332,7 +352,7 @@ def test_sigterm_at_an_epochs_last_step_keeps_its_row_and_resume_rewrites_metric
         return batch
 
     cut = learner(tiny_root, tmp_path / "cut", Hooked(dls, term))
-    with pytest.raises(StopRequested, match="after epoch 0"):
+    with pytest.raises(StopRequested, match=f"at step {spe}, the end of an epoch"):
         cut.fit_one_cycle(2, 1e-2)
     assert cut.checkpoints.latest_step() == spe
     assert [r["epoch"] for r in cut.checkpoints.read_meta()["history"]] == [0]
@@ -346,7 +366,7 @@ def test_sigterm_at_an_epochs_last_step_keeps_its_row_and_resume_rewrites_metric
 
 
 def test_validation_image_deleted_mid_run_stops_naming_it_and_keeps_the_checkpoint(tiny_root, tmp_path):
-    dls = tiny_dls(tiny_root)
+    dls = tiny_dls(tiny_root, cache="none")  # read every epoch (a cache would not look at the file again)
     spe = dls.steps_per_epoch
     victim = dls.items.paths(True)[3]
 

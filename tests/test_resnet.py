@@ -142,10 +142,11 @@ def test_unknown_arch_lists_valid_ones():
 @pytest.mark.parametrize("k, stride, pad, hw", [(3, 1, 1, (2, 2)), (3, 2, 1, (4, 3)), (7, 2, 3, (5, 7)),
                                                 (3, 1, 1, (4, 4)), (3, 2, 1, (7, 7))])
 def test_small_output_conv_as_patch_matmul_equals_the_convolution(k, stride, pad, hw):
-    from pml_jax.models.resnet import SMALL_OUTPUT, Conv
+    from pml_jax.models.kernels import SMALL_OUTPUT
+    from pml_jax.models.resnet import Conv
 
     x = jax.random.normal(jax.random.key(1), (2, *hw, 5))
-    conv = Conv(6, k, stride, pad)
+    conv = Conv(6, k, stride, pad, kernels="cpu")
     variables = conv.init(jax.random.key(0), x)
     out_pixels = ((hw[0] + 2 * pad - k) // stride + 1) * ((hw[1] + 2 * pad - k) // stride + 1)
     assert out_pixels <= SMALL_OUTPUT  # these shapes take the patch-matmul path
@@ -156,7 +157,7 @@ def test_small_output_conv_as_patch_matmul_equals_the_convolution(k, stride, pad
 
 @pytest.mark.parametrize("cin, cout", [(12, 4), (4, 12), (6, 6)])
 def test_channel_matmul_gradients_equal_autodiffs_of_the_plain_product(cin, cout):
-    from pml_jax.models.resnet import channel_matmul
+    from pml_jax.models.kernels import channel_matmul
 
     x = jax.random.normal(jax.random.key(0), (2, 3, 5, cin))
     w = jax.random.normal(jax.random.key(1), (cin, cout))

@@ -4,6 +4,7 @@ import hashlib
 import io
 import tarfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from unittest import mock
@@ -16,6 +17,7 @@ from PIL import Image
 from pml_jax.data import sources
 from pml_jax.data.sources import from_csv, load_source, pascal_2007, tfds_voc, voc
 from pml_jax.data.tables import parse_is_valid, random_split
+from pml_jax.data.voc import VOC_CLASSES
 from pml_jax.errors import PmlError
 from pml_jax.paths import cache_dir
 
@@ -260,19 +262,33 @@ def voc_xml(image_id: str, objects) -> str:
             f"<size><width>24</width><height>16</height><depth>3</depth></size>{objs}</annotation>")
 
 
-@pytest.fixture
-def devkit(tmp_path) -> Path:
-    """tmp/VOCdevkit/VOC2007 with 6 images, annotations and the four image sets."""
-    year = tmp_path / "VOCdevkit" / "VOC2007"
+def write_devkit(base: Path, year: str = "2007") -> Path:
+    """base/VOCdevkit/VOC<year> with 6 images, their annotations and the four image sets; returns it."""
+    year_dir = base / "VOCdevkit" / f"VOC{year}"
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (year / sub).mkdir(parents=True)
+        (year_dir / sub).mkdir(parents=True)
     for k, (image_id, objects) in enumerate(VOC_OBJECTS.items()):
-        (year / "Annotations" / f"{image_id}.xml").write_text(voc_xml(image_id, objects))
-        (year / "JPEGImages" / f"{image_id}.jpg").write_bytes(jpeg_bytes(k))
+        (year_dir / "Annotations" / f"{image_id}.xml").write_text(voc_xml(image_id, objects))
+        (year_dir / "JPEGImages" / f"{image_id}.jpg").write_bytes(jpeg_bytes(k))
     sets = dict(VOC_SETS, trainval=sorted(VOC_SETS["train"] + VOC_SETS["val"]))
     for name, ids in sets.items():
-        (year / "ImageSets" / "Main" / f"{name}.txt").write_text("".join(i + "\n" for i in ids))
+        (year_dir / "ImageSets" / "Main" / f"{name}.txt").write_text("".join(i + "\n" for i in ids))
+    return year_dir
+
+
+@pytest.fixture
+def devkit(tmp_path) -> Path:
+    """tmp/VOCdevkit/VOC2007 (see write_devkit); the fixture is tmp itself."""
+    write_devkit(tmp_path)
     return tmp_path
+
+
+def annotation(devkit: Path, image_id: str) -> Path:
+    return devkit / "VOCdevkit" / "VOC2007" / "Annotations" / f"{image_id}.xml"
+
+
+def image_set(devkit: Path, name: str) -> Path:
+    return devkit / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / f"{name}.txt"
 
 
 def test_voc_trainval_uses_official_val_list(devkit):
@@ -281,35 +297,165 @@ def test_voc_trainval_uses_official_val_list(devkit):
     assert df["fname"].tolist() == ["000001.jpg", "000002.jpg", "000003.jpg", "000004.jpg"]
     assert df["labels"].tolist() == ["dog person", "train", "person car bicycle", "cat"]
     assert df["is_valid"].tolist() == [False, True, False, True]
-    assert items.vocab == ("bicycle", "car", "cat", "dog", "person", "train")
+    assert items.vocab == VOC_CLASSES and items.name == "VOC2007-trainval/val"
     assert items.root == devkit / "VOCdevkit" / "VOC2007" / "JPEGImages"
     assert all(Path(p).is_file() for p in items.paths(True))
 
 
-def test_voc_drop_difficult_can_leave_an_empty_label(devkit):
-    df = voc(devkit / "VOCdevkit" / "VOC2007", drop_difficult=True).df
-    assert df["labels"].tolist() == ["dog person", "train", "car", ""]
+def test_voc_classes_are_the_twenty_sorted_as_fastai_sorts_its_vocab():
+    assert len(VOC_CLASSES) == 20 and list(VOC_CLASSES) == sorted(set(VOC_CLASSES))
+    assert {"diningtable", "pottedplant", "tvmonitor", "motorbike", "aeroplane"} <= set(VOC_CLASSES)
+
+
+def test_voc_images_left_without_a_label_are_counted_in_the_name(devkit):
+    items = voc(devkit / "VOCdevkit" / "VOC2007", drop_difficult=True)
+    assert items.df["labels"].tolist() == ["dog person", "train", "car", ""]
+    assert items.name == "VOC2007-trainval/val (1 of 4 images without a label)"
+    annotation(devkit, "000002").write_text(voc_xml("000002", []))  # no object at all: legal, counted too
+    items = voc(devkit, drop_difficult=True)
+    assert items.df["labels"].tolist()[1] == "" and items.name.endswith("(2 of 4 images without a label)")
+    assert items.vocab == VOC_CLASSES
 
 
 def test_voc_test_split_and_test_as_validation(devkit):
     test = voc(devkit / "VOCdevkit", split="test")
     assert test.df["fname"].tolist() == ["000005.jpg", "000006.jpg"] and test.df["is_valid"].all()
-    assert test.df["labels"].tolist() == ["sofa chair", "aeroplane"]
-    protocol = voc(devkit, split_valid="test")
+    assert test.df["labels"].tolist() == ["sofa chair", "aeroplane"] and test.name == "VOC2007-test"
+    protocol = voc(devkit, valid_split="test")
     assert protocol.df["is_valid"].tolist() == [False] * 4 + [True] * 2
-    assert "sofa" in protocol.vocab
+    assert protocol.name == "VOC2007-trainval/test"
+
+
+def test_voc_reads_a_genuine_layout_annotation(devkit):
+    # VOC2007's own layout: tab-indented, an <owner><name>, a person with layout <part>s, difficult chairs
+    obj = "\t<object>\n\t\t<name>{}</name>\n\t\t<pose>Rear</pose>\n\t\t<truncated>1</truncated>\n" \
+          "\t\t<difficult>{}</difficult>\n\t\t<bndbox>\n\t\t\t<xmin>263</xmin>\n\t\t\t<ymin>211</ymin>\n" \
+          "\t\t\t<xmax>324</xmax>\n\t\t\t<ymax>339</ymax>\n\t\t</bndbox>\n{}\t</object>\n"
+    part = "\t\t<part>\n\t\t\t<name>head</name>\n\t\t\t<bndbox><xmin>1</xmin><ymin>1</ymin>" \
+           "<xmax>9</xmax><ymax>9</ymax></bndbox>\n\t\t</part>\n"
+    text = ("<annotation>\n\t<folder>VOC2007</folder>\n\t<filename>000003.jpg</filename>\n\t<source>\n"
+            "\t\t<database>The VOC2007 Database</database>\n\t\t<annotation>PASCAL VOC2007</annotation>\n"
+            "\t</source>\n\t<owner>\n\t\t<flickrid>someone</flickrid>\n\t\t<name>?</name>\n\t</owner>\n"
+            "\t<size>\n\t\t<width>500</width>\n\t\t<height>375</height>\n\t\t<depth>3</depth>\n\t</size>\n"
+            "\t<segmented>0</segmented>\n" + obj.format("chair", 1, "") + obj.format("person", 0, part)
+            + obj.format("chair", 0, "") + "</annotation>\n")
+    annotation(devkit, "000003").write_text(text)
+    assert voc(devkit).df["labels"][2] == "chair person"
+    assert voc(devkit, drop_difficult=True).df["labels"][2] == "person chair"
+
+
+@pytest.mark.parametrize("objects, match", [
+    ([("dog", 0), ("hourse", 0)], r"000003\.xml: object name 'hourse' is not a VOC class \['aeroplane'"),
+    ([("Dog", 0)], r"000003\.xml: object name 'Dog' is not a VOC class"),
+    ([("", 0)], r"000003\.xml: object name '' is not a VOC class"),
+    ([("dog", "yes")], r"000003\.xml: <difficult> of a dog is 'yes', not 0 or 1"),
+], ids=["misspelt", "capitalised", "empty", "difficult-yes"])
+def test_voc_object_names_must_be_voc_classes(devkit, objects, match):
+    annotation(devkit, "000003").write_text(voc_xml("000003", objects))
+    with pytest.raises(PmlError, match=match):
+        voc(devkit)
+
+
+def test_voc_val_ids_outside_trainval_are_refused(devkit):
+    image_set(devkit, "val").write_text("000002\n000004\n000098\n000099\n")
+    with pytest.raises(PmlError, match=r"val\.txt: 2 id\(s\) not in \S+trainval\.txt, e.g. \['000098', '000099'\]"):
+        voc(devkit)
+
+
+@pytest.mark.parametrize("train, match", [
+    ("000001\n000002\n000003\n", r"train\.txt and \S+val\.txt share 1 id\(s\), e.g. \['000002'\]"),
+    ("000001\n", r"train\.txt \+ \S+val\.txt is not \S+trainval\.txt: 0 train .* 1 trainval id\(s\) in neither, "
+                 r"e.g. \['000003'\]"),
+    ("000001\n000003\n000007\n", r"is not \S+trainval\.txt: 1 train id\(s\) not in trainval, e.g. \['000007'\]"),
+], ids=["overlap", "uncovered", "stray-train"])
+def test_voc_train_and_val_must_partition_trainval(devkit, train, match):
+    image_set(devkit, "train").write_text(train)
+    with pytest.raises(PmlError, match=match):
+        voc(devkit)
+
+
+def test_voc_without_train_list_takes_the_rest_of_trainval(devkit):
+    image_set(devkit, "train").unlink()
+    assert voc(devkit).df["is_valid"].tolist() == [False, True, False, True]
+
+
+def test_voc_image_sets_tolerate_a_bom_and_crlf(devkit):
+    for name, ids in {"trainval": ["000001", "000002", "000003", "000004"], "val": ["000002", "000004"],
+                      "train": ["000001", "000003"]}.items():
+        image_set(devkit, name).write_bytes(("\ufeff" + "\r\n".join(ids) + "\r\n").encode())
+    df = voc(devkit).df
+    assert df["fname"].tolist() == ["000001.jpg", "000002.jpg", "000003.jpg", "000004.jpg"]
+    assert df["is_valid"].tolist() == [False, True, False, True]
+
+
+def test_voc_missing_annotations_are_all_counted(devkit):
+    for image_id in ("000001", "000003", "000004"):
+        annotation(devkit, image_id).unlink()
+    with pytest.raises(PmlError, match=r"3 of 4 VOC annotations not found") as err:
+        voc(devkit)
+    assert all(f"{i}.xml" in str(err.value) for i in ("000001", "000003", "000004"))
+    for image_id in ("000002", "000005", "000006"):
+        annotation(devkit, image_id).unlink()
+    with pytest.raises(PmlError, match=r"6 of 6 VOC annotations not found") as err:
+        voc(devkit, valid_split="test")
+    assert str(err.value).count(".xml") == 5  # the first few named, not all
+
+
+def test_voc_year_is_looked_for_and_the_years_present_are_named(tmp_path):
+    write_devkit(tmp_path, year="2012")
+    with pytest.raises(PmlError, match=r"no VOC2007 folder .*; found VOC2012; pass --voc_year 2012"):
+        voc(tmp_path)
+    items = voc(tmp_path, year="2012")
+    assert items.name == "VOC2012-trainval/val" and items.root == tmp_path / "VOCdevkit/VOC2012/JPEGImages"
+    assert voc(tmp_path / "VOCdevkit" / "VOC2012", year="2012").df.equals(items.df)
+    with pytest.raises(PmlError, match="found VOC2012"):  # the VOC2012 folder itself is not read as 2007
+        voc(tmp_path / "VOCdevkit" / "VOC2012")
+    write_devkit(tmp_path, year="2007")
+    assert voc(tmp_path).name == "VOC2007-trainval/val"
+    with pytest.raises(PmlError, match="four digits"):
+        voc(tmp_path, year="VOC2012")
+
+
+def _entity_doc(decls: str, ref: str) -> str:
+    return f'<?xml version="1.0"?><!DOCTYPE annotation [{decls}]><annotation><object><name>{ref}</name>' \
+           "<difficult>0</difficult></object></annotation>"
+
+
+LAUGHS = '<!ENTITY e0 "lol">' + "".join(f'<!ENTITY e{i} "{f"&e{i - 1};" * 10}">' for i in range(1, 10))
+
+
+@pytest.mark.parametrize("text", [
+    _entity_doc(LAUGHS, "&e9;"),  # billion laughs: 10**9 'lol's if expanded
+    _entity_doc('<!ENTITY x SYSTEM "file:///etc/passwd">', "&x;"),  # an external entity
+    _entity_doc('<!ENTITY d "dog">', "&d;"),  # even a harmless internal one
+], ids=["billion-laughs", "external", "internal"])
+def test_voc_annotations_with_a_doctype_are_refused_quickly(devkit, text):
+    annotation(devkit, "000003").write_text(text)
+    start = time.perf_counter()
+    with pytest.raises(PmlError, match=r"000003\.xml: has a DOCTYPE"):
+        voc(devkit)
+    assert time.perf_counter() - start < 2.0
 
 
 def test_voc_errors_name_the_problem(devkit, tmp_path):
-    with pytest.raises(PmlError, match="no VOC folder"):
+    with pytest.raises(PmlError, match="no VOC2007 folder"):
         voc(tmp_path / "nowhere")
-    with pytest.raises(PmlError, match="split_valid"):
-        voc(devkit, split_valid="train")
-    (devkit / "VOCdevkit/VOC2007/Annotations/000003.xml").unlink()
-    with pytest.raises(PmlError, match="000003.xml"):
+    with pytest.raises(PmlError, match=r"valid_split must be one of \['val', 'test'\], got 'train'"):
+        voc(devkit, valid_split="train")
+    with pytest.raises(PmlError, match=r"split must be one of \['trainval', 'test'\], got 'val'"):
+        voc(devkit, split="val")
+    image_set(devkit, "trainval").write_text("000001\n000002\n000001\n000003\n000004\n")
+    with pytest.raises(PmlError, match=r"trainval\.txt: 1 image id\(s\) listed more than once, e.g. \['000001'\]"):
         voc(devkit)
-    (devkit / "VOCdevkit/VOC2007/Annotations/000002.xml").write_text("<annotation><object>")
-    with pytest.raises(PmlError, match="000002.xml.*not valid XML"):
+    image_set(devkit, "trainval").write_text("000001\n000002\n000003\n000004\n")
+    annotation(devkit, "000002").write_text("<annotation><object>")
+    with pytest.raises(PmlError, match=r"000002\.xml: not valid XML"):
+        voc(devkit)
+    annotation(devkit, "000002").write_text("<annotation><object><name>&x;</name></object></annotation>")
+    with pytest.raises(PmlError, match=r"000002\.xml: not valid XML \(undefined entity"):
+        voc(devkit)
+    annotation(devkit, "000002").write_text("<annotations><object><name>dog</name></object></annotations>")
+    with pytest.raises(PmlError, match=r"000002\.xml: not a VOC annotation \(root element <annotations>\)"):
         voc(devkit)
 
 

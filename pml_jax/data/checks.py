@@ -69,7 +69,8 @@ def check_images(
         reasons = list(pool.map(lambda f: image_problem(root / f, limit), fnames))
     bad = tuple((f, why) for f, why in zip(fnames, reasons) if why)
     if bad and not skip_bad:
-        raise PmlError(f"{items.name}: {len(bad)} bad image(s) under {root} (pass skip_bad to drop them)\n"
+        raise PmlError(f"{items.name}: {len(bad)} of {len(fnames)} images under {root} are unreadable "
+                       "(each is named with its reason); --skip_bad true drops them\n"
                        + CheckReport(len(fnames), bad).summary())
     if bad:
         dropped = {f for f, _ in bad}

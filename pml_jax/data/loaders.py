@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
+import jax
+import numpy as np
+
+from pml_jax.choices import AUGMENT_MODES, CACHE_MODES
 from pml_jax.data import pipeline
+from pml_jax.data.cache import CacheDecision, ImageCache, decide
 from pml_jax.data.dataset import LabelledImages
+from pml_jax.data.device_crops import finish_batch
+from pml_jax.errors import PmlError
 
 
 @dataclass(frozen=True)
@@ -22,6 +29,16 @@ class DataLoaders:
     fast_decode: bool = True  # train JPEGs decoded at a reduced DCT scale when the crop allows (see pipeline)
     process_index: int | None = None
     process_count: int | None = None
+    cache: str = CACHE_MODES[0]  # auto: decoded images kept in RAM if they fit (pml_jax.data.cache)
+    augment: str = AUGMENT_MODES[0]  # auto: where train crops are resized, see `augment_on`
+    store: ImageCache | None = field(default=None, compare=False, repr=False)  # shared by replace()
+
+    def __post_init__(self):
+        for name, allowed in (("cache", CACHE_MODES), ("augment", AUGMENT_MODES)):
+            if getattr(self, name) not in allowed:
+                raise PmlError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
+        if self.store is None or self.store.items is not self.items:
+            object.__setattr__(self, "store", ImageCache(self.items))
 
     @property
     def vocab(self) -> tuple[str, ...]:
@@ -32,15 +49,57 @@ class DataLoaders:
         """Train batches per epoch (the last partial batch is dropped, as fastai does)."""
         return pipeline.train_steps(self.items, self.batch_size)
 
+    def check_fit(self) -> None:
+        """PmlError unless the train split fills one batch and the validation split has an item."""
+        n_train, n_valid = len(self.items.subset(False)), len(self.items.subset(True))
+        if n_train < self.batch_size:
+            raise PmlError(f"{self.items.name}: the training split has {n_train} item(s), fewer than one "
+                           f"batch of {self.batch_size}: lower the batch size (--batch_size) to at most {n_train}")
+        if n_valid == 0:
+            raise PmlError(f"{self.items.name}: the validation split is empty, so nothing can be validated: "
+                           "mark some items is_valid (csv), or choose another split (voc: --valid_split)")
+
+    @property
+    def augment_on(self) -> str:
+        """'device' or 'host': `augment`, with auto = host on a CPU backend (the "device" is then
+        the same cores, and Pillow's resize costs them less than the dense resize: bench/README.md),
+        else device."""
+        if self.augment != "auto":
+            return self.augment
+        return "host" if jax.default_backend() == "cpu" else "device"
+
+    def cache_bytes(self) -> int:
+        """Bytes the cache holds when full: the decoded train images (from their headers) and the
+        resized validation batches."""
+        hw = self.store.sizes(False, lambda: pipeline.image_sizes(self.items, False)).astype(np.int64)
+        n_valid = pipeline.eval_steps(self.items, self.batch_size) * self.batch_size
+        return int((hw[:, 0] * hw[:, 1]).sum() * 3 + n_valid * self.size * self.size * 3)
+
+    def cache_decision(self) -> CacheDecision:
+        """Whether the images are kept in RAM (decided once per `cache` mode; print .summary())."""
+        if self.store.decision is None or self.store.decision.mode != self.cache:
+            self.store.decision = decide(self.cache, 0 if self.cache == "none" else self.cache_bytes())
+        return self.store.decision
+
+    def _cache(self) -> ImageCache | None:
+        return self.store if self.cache_decision().use else None
+
     def train(self, epoch: int, start_step: int = 0) -> Iterator[dict]:
-        """Epoch `epoch`'s shuffled, augmented batches from batch `start_step` on (for resuming)."""
+        """Epoch `epoch`'s shuffled, augmented batches from batch `start_step` on (for resuming);
+        with augment on the device, crop buffers that `finish` turns into images."""
         return pipeline.train_batches(
             self.items, self.size, self.batch_size, self.seed, epoch, start_step=start_step,
             min_scale=self.min_scale, flip=self.flip, fast_decode=self.fast_decode,
+            augment=self.augment_on, cache=self._cache(),
             process_index=self.process_index, process_count=self.process_count)
+
+    def finish(self, batch: dict) -> dict:
+        """A train batch as the step takes it: crop buffers (augment on the device) resized to
+        uint8 [B, size, size, 3] by one jitted function where the batch lives; others unchanged."""
+        return finish_batch(batch, self.size) if "box_hw" in batch else batch
 
     def valid(self, is_valid: bool = True) -> Iterator[dict]:
         """Every item of the validation (or train) split once, padded batches with a mask."""
         return pipeline.eval_batches(
-            self.items, self.size, self.batch_size, is_valid,
+            self.items, self.size, self.batch_size, is_valid, cache=self._cache(),
             process_index=self.process_index, process_count=self.process_count)

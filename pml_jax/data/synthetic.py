@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 from pml_jax.data.dataset import LabelledImages
 from pml_jax.data.tables import from_csv
@@ -120,7 +121,8 @@ def write_set(folder: Path, params: SyntheticParams) -> None:
         return fname, " ".join(dict.fromkeys(s.name for s in shapes)), bool(valid[i])
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL and numpy release the GIL
-        rows = list(pool.map(write, range(params.n_images)))
+        rows = list(tqdm(pool.map(write, range(params.n_images)), total=params.n_images, leave=False,
+                         desc="generating the synthetic set", disable=None))  # no bar off a terminal
     pd.DataFrame(rows, columns=["fname", "labels", "is_valid"]).to_csv(folder / "train.csv", index=False)
     (folder / "params.json").write_text(json.dumps({"version": VERSION, **asdict(params)}, sort_keys=True))
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from pml_jax.data.dataset import LabelledImages, vocab_of
+from pml_jax.data.dataset import LabelledImages
+from pml_jax.data.voc import VOC_CLASSES
 from pml_jax.errors import PmlError
 
 # pml_jax split -> {is_valid: tfds split}, in df order (train rows first)
@@ -28,7 +28,8 @@ def tfds_voc(
     split='test' -> tfds test, every item is_valid.
 
     df fname = the tfds `image/filename`; labels = names of the `labels` feature (or
-    `labels_no_difficult` with `drop_difficult`), via `features['labels'].feature.names`.
+    `labels_no_difficult` with `drop_difficult`), via `features['labels'].feature.names`, which
+    must be VOC_CLASSES (the vocab, as for the VOCdevkit source).
     `root` is None; `reader(is_valid)` gives a tf.data.Dataset of (encoded JPEG bytes tf.string,
     multi-hot float32[C]) in df order, decoding nothing. `data_dir` None = tfds's default folder;
     `download` runs tfds's download_and_prepare when the data is not prepared yet.
@@ -49,17 +50,19 @@ def tfds_voc(
         builder.download_and_prepare()
     label_key = "labels_no_difficult" if drop_difficult else "labels"
     names = builder.info.features[label_key].feature.names
+    if tuple(names) != VOC_CLASSES:
+        raise PmlError(f"tfds {name}: class names {list(names)} are not the VOC classes {list(VOC_CLASSES)}")
     parts = []
     for is_valid, tfds_split in _SPLITS[split].items():
         rows = _rows(builder, tfds_split, label_key, names)
         parts.append(rows.assign(is_valid=is_valid))
     df = pd.concat(parts, ignore_index=True)
-    vocab = vocab_of(df["labels"])
+    vocab = VOC_CLASSES
 
     def reader(is_valid: bool):
         """tf.data.Dataset of (JPEG bytes, float32[C] multi-hot) of one split, in df order."""
         tfds_split = _SPLITS[split].get(bool(is_valid))
-        ds = _read(builder, tfds_split or "test", label_key, names, vocab)
+        ds = _read(builder, tfds_split or "test", label_key, len(vocab))
         return ds if tfds_split else ds.take(0)
 
     return LabelledImages(df, None, vocab, name=f"tfds:{name}:{split}", reader=reader)
@@ -83,16 +86,11 @@ def _rows(builder, tfds_split: str, label_key: str, names) -> pd.DataFrame:
     return pd.DataFrame({"fname": fnames, "labels": labels})
 
 
-def _read(builder, tfds_split: str, label_key: str, names, vocab):
+def _read(builder, tfds_split: str, label_key: str, depth: int):
     import tensorflow as tf
 
-    position = {v: i for i, v in enumerate(vocab)}
-    # tfds class index -> vocab column (-1 for a class no item carries; one_hot maps -1 to zeros)
-    table = tf.constant(np.array([position.get(n, -1) for n in names], np.int32))
-    depth = len(vocab)
-
     def to_pair(ex):
-        cols = tf.gather(table, tf.cast(ex[label_key], tf.int32))
+        cols = tf.cast(ex[label_key], tf.int32)  # tfds class index == vocab column (names == VOC_CLASSES)
         target = tf.minimum(tf.reduce_sum(tf.one_hot(cols, depth, dtype=tf.float32), axis=0), 1.0)
         return ex["image"], tf.ensure_shape(target, [depth])
 

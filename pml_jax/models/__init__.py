@@ -2,6 +2,7 @@
 
 from pml_jax.models.classifier import HEADS, Classifier, create_model
 from pml_jax.models.head import Head, LinearHead, concat_pool, create_head
+from pml_jax.models.kernels import KERNELS, resolve_kernels
 from pml_jax.models.resnet import ARCHS, BatchNorm, ResNet, init_variables, num_features, resnet
 from pml_jax.models.weights import fetch, load_state_dict, port_torchvision, pretrained_variables
 
@@ -11,6 +12,7 @@ __all__ = [
     "Classifier",
     "HEADS",
     "Head",
+    "KERNELS",
     "LinearHead",
     "ResNet",
     "concat_pool",
@@ -23,4 +25,5 @@ __all__ = [
     "port_torchvision",
     "pretrained_variables",
     "resnet",
+    "resolve_kernels",
 ]

@@ -8,8 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pml_jax.config import HEADS
 from pml_jax.errors import PmlError
+from pml_jax.choices import HEADS
 from pml_jax.models.head import LinearHead, create_head
 from pml_jax.models.resnet import ResNet, init_variables, num_features, resnet
 from pml_jax.models.weights import pretrained_variables
@@ -41,6 +41,7 @@ def create_model(
     dtype: Any = jnp.float32,
     seed: int = 0,
     head: str = "fastai",
+    kernels: str = "auto",
     **head_kwargs,
 ) -> tuple[Classifier, dict]:
     """Build `arch` + a head for `n_out` outputs and its variables (float32 params).
@@ -50,13 +51,15 @@ def create_model(
     .safetensors / .npz / .pth file; its `fc` is dropped. The head is always fresh from `seed`:
     head 'fastai' (fastai's `create_head`, configured by `head_kwargs`: lin_ftrs, ps, concat_pool,
     bn_final, ...) or 'linear' (torchvision's average pool + Linear, see `LinearHead`).
+    kernels: the body's conv / max-pool implementations (`pml_jax.models.kernels.KERNELS`; 'auto':
+    by the default backend); the variables are the same for every choice.
     """
     if head not in HEADS:
         raise PmlError(f"head={head!r} is not one of {list(HEADS)}")
     if head == "linear" and head_kwargs:
         raise PmlError(f"the linear head takes no options, got {sorted(head_kwargs)}")
     nf = num_features(arch)
-    body = resnet(arch, num_classes=None, dtype=dtype)
+    body = resnet(arch, num_classes=None, dtype=dtype, kernels=kernels)
     head_module = create_head(nf, n_out, dtype=dtype, **head_kwargs) if head == "fastai" else LinearHead(n_out)
     body_key, head_key = jax.random.split(jax.random.key(seed))
     head_vars = head_module.init({"params": head_key}, jnp.zeros((1, 1, 1, nf), jnp.float32))

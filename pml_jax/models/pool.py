@@ -16,11 +16,17 @@ import jax
 import jax.numpy as jnp
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def max_pool(x: jax.Array, k: int = 3, stride: int = 2, pad: int = 1) -> jax.Array:
-    """k x k max pool with `stride`, `pad` px of -inf padding per side: [B, H, W, C] -> [B, H', W', C]."""
+def window_max(x: jax.Array, k: int = 3, stride: int = 2, pad: int = 1) -> jax.Array:
+    """k x k max pool with `stride`, `pad` px of -inf padding per side: [B, H, W, C] -> [B, H', W', C],
+    as one `reduce_window` (autodiff differentiates it with XLA's select-and-scatter)."""
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, stride, stride, 1),
                                  ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool(x: jax.Array, k: int = 3, stride: int = 2, pad: int = 1) -> jax.Array:
+    """`window_max` with the hand-written backward below: [B, H, W, C] -> [B, H', W', C]."""
+    return window_max(x, k, stride, pad)
 
 
 def _max_pool_fwd(x, k, stride, pad):

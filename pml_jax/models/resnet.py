@@ -16,16 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from pml_jax.errors import PmlError
-from pml_jax.models.pool import max_pool, window_taps
+from pml_jax.choices import ARCHS
+from pml_jax.models.kernels import conv, max_pool, resolve_kernels
 
-# arch -> (block kind, blocks per stage)
-ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
-    "resnet18": ("basic", (2, 2, 2, 2)),
-    "resnet34": ("basic", (3, 4, 6, 3)),
-    "resnet50": ("bottleneck", (3, 4, 6, 3)),
-    "resnet101": ("bottleneck", (3, 4, 23, 3)),
-    "resnet152": ("bottleneck", (3, 8, 36, 3)),
-}
 EXPANSION = {"basic": 1, "bottleneck": 4}
 
 # torchvision inits: conv kaiming_normal_(fan_out, relu), untruncated.
@@ -93,43 +86,12 @@ def avg_pool_fc(x: jax.Array, n_out: int) -> jax.Array:
                     dtype=jnp.float32, param_dtype=jnp.float32, name="fc")(pooled)
 
 
-SMALL_OUTPUT = 16  # output pixels at or below which a k x k conv runs as a patch matmul (see Conv)
-
-
-@jax.custom_vjp
-def channel_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-    """`x @ w` over the last axis, [..., Cin] x [Cin, Cout] -> [..., Cout], as `jnp.dot`.
-
-    Its weight gradient, a product contracting all pixels, is computed so that XLA transposes the
-    narrower of x and the output gradient: XLA:CPU materialises that transpose, and transposing
-    256+ channels wide runs far slower than 64 (resnet50 train step 1.3-1.5x faster).
-    """
-    return jnp.dot(x, w)
-
-
-def _channel_matmul_fwd(x, w):
-    return jnp.dot(x, w), (x, w)
-
-
-def _channel_matmul_bwd(residuals, g):
-    x, w = residuals
-    x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-    dw = jnp.dot(g2.T, x2).T if x2.shape[1] > g2.shape[1] else jnp.dot(x2.T, g2)
-    return jnp.dot(g, w.T), dw
-
-
-channel_matmul.defvjp(_channel_matmul_fwd, _channel_matmul_bwd)
-
-
 class Conv(nn.Module):
     """Bias-free torchvision conv, NHWC: [B, H, W, Cin] -> [B, H', W', features] in `dtype`.
 
-    The kernel is HWIO `[k, k, Cin, features]` (float32 param). A 1x1 conv is computed exactly as
-    what it is, a matrix product over channels (a strided one samples every `stride`-th pixel
-    first): XLA's CPU backend runs matmuls and their weight gradients much faster than the
-    equivalent convolutions. A conv whose output has at most `SMALL_OUTPUT` pixels (layer4 of a
-    64 px input) is also a matrix product, over its k*k*Cin patches: XLA's CPU convolution falls
-    to ~1 GFLOP/s on such tiny maps (3x3, 512 channels, 2x2 output: 1.7 s vs 10 ms per batch).
+    The kernel is HWIO `[k, k, Cin, features]` (float32 param). `kernels` picks the
+    implementation (`pml_jax.models.kernels`: "cpu" matmul rewrites, "xla" plain convolutions,
+    "auto" by backend); every set has the same param and the same values.
     """
 
     features: int
@@ -137,24 +99,13 @@ class Conv(nn.Module):
     stride: int = 1
     pad: int = 0
     dtype: Any = jnp.float32
+    kernels: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        k, s = self.kernel_size, self.stride
+        k = self.kernel_size
         kernel = self.param("kernel", conv_init, (k, k, x.shape[-1], self.features), jnp.float32)
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        if k == 1 and self.pad == 0:
-            return channel_matmul(x[:, ::s, ::s, :], kernel[0, 0])
-        p = self.pad
-        out_h, out_w = (x.shape[1] + 2 * p - k) // s + 1, (x.shape[2] + 2 * p - k) // s + 1
-        if out_h * out_w <= SMALL_OUTPUT:
-            padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-            # [B, H', W', k*k*Cin] in the kernel's (kh, kw, cin) order
-            patches = jnp.concatenate(window_taps(padded, k, s, (out_h, out_w)), axis=-1)
-            return channel_matmul(patches, kernel.reshape(-1, self.features))
-        return jax.lax.conv_general_dilated(
-            x, kernel, (s, s), ((self.pad, self.pad), (self.pad, self.pad)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.pad, self.kernels)
 
 
 class Downsample(nn.Module):
@@ -163,10 +114,11 @@ class Downsample(nn.Module):
     features: int
     stride: int
     dtype: Any = jnp.float32
+    kernels: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = Conv(self.features, 1, self.stride, 0, self.dtype, name="0")(x)
+        x = Conv(self.features, 1, self.stride, 0, self.dtype, self.kernels, name="0")(x)
         return BatchNorm(dtype=self.dtype, name="1")(x, train)
 
 
@@ -180,6 +132,7 @@ class Block(nn.Module):
     features: int
     stride: int = 1
     dtype: Any = jnp.float32
+    kernels: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -191,13 +144,13 @@ class Block(nn.Module):
             convs = [(1, 1, 0, self.features), (3, self.stride, 1, self.features), (1, 1, 0, out_ch)]
         y = x
         for i, (k, s, p, f) in enumerate(convs, start=1):
-            y = Conv(f, k, s, p, self.dtype, name=f"conv{i}")(y)
+            y = Conv(f, k, s, p, self.dtype, self.kernels, name=f"conv{i}")(y)
             y = bn(f"bn{i}")(y, train)
             if i < len(convs):
                 y = nn.relu(y)
         shortcut = x
         if self.stride != 1 or x.shape[-1] != out_ch:
-            shortcut = Downsample(out_ch, self.stride, self.dtype, name="downsample")(x, train)
+            shortcut = Downsample(out_ch, self.stride, self.dtype, self.kernels, name="downsample")(x, train)
         return nn.relu(y + shortcut.astype(y.dtype))
 
 
@@ -209,12 +162,13 @@ class Stage(nn.Module):
     num_blocks: int
     stride: int
     dtype: Any = jnp.float32
+    kernels: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         for i in range(self.num_blocks):
             stride = self.stride if i == 0 else 1
-            x = Block(self.kind, self.features, stride, self.dtype, name=str(i))(x, train)
+            x = Block(self.kind, self.features, stride, self.dtype, self.kernels, name=str(i))(x, train)
         return x
 
 
@@ -231,16 +185,18 @@ class ResNet(nn.Module):
     stage_sizes: tuple[int, ...]
     num_classes: int | None = 1000
     dtype: Any = jnp.float32
+    kernels: str = "auto"  # conv / max-pool implementations, see pml_jax.models.kernels
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = x.astype(self.dtype)
-        x = Conv(64, 7, 2, 3, self.dtype, name="conv1")(x)
+        x = Conv(64, 7, 2, 3, self.dtype, self.kernels, name="conv1")(x)
         x = nn.relu(BatchNorm(dtype=self.dtype, name="bn1")(x, train))
-        x = max_pool(x, 3, stride=2, pad=1)
+        x = max_pool(x, 3, stride=2, pad=1, kernels=self.kernels)
         for i, n in enumerate(self.stage_sizes):
             stride = 1 if i == 0 else 2
-            x = Stage(self.kind, 64 * 2**i, n, stride, self.dtype, name=f"layer{i + 1}")(x, train)
+            stage = Stage(self.kind, 64 * 2**i, n, stride, self.dtype, self.kernels, name=f"layer{i + 1}")
+            x = stage(x, train)
         if self.num_classes is None:
             return x
         return avg_pool_fc(x, self.num_classes)
@@ -253,10 +209,12 @@ def check_arch(arch: str) -> tuple[str, tuple[int, ...]]:
     return ARCHS[arch]
 
 
-def resnet(arch: str, num_classes: int | None = 1000, dtype: Any = jnp.float32) -> ResNet:
-    """The torchvision `arch` as a Flax module (classifier, or body when `num_classes=None`)."""
+def resnet(arch: str, num_classes: int | None = 1000, dtype: Any = jnp.float32,
+           kernels: str = "auto") -> ResNet:
+    """The torchvision `arch` as a Flax module (classifier, or body when `num_classes=None`), its
+    `kernels` resolved for the default backend (`pml_jax.models.kernels.resolve_kernels`)."""
     kind, sizes = check_arch(arch)
-    return ResNet(kind, sizes, num_classes, dtype)
+    return ResNet(kind, sizes, num_classes, dtype, resolve_kernels(kernels))
 
 
 def num_features(arch: str) -> int:

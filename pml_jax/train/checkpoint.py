@@ -27,6 +27,28 @@ class Checkpoints:
                 cleanup_tmp_directories=True),  # what a crash mid-save left behind
         )
 
+    @classmethod
+    def existing(cls, directory: str | Path) -> "Checkpoints | None":
+        """The store in `directory` if it holds a complete checkpoint, else None (creating nothing)."""
+        directory = Path(directory)
+        if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
+            return None
+        store = cls(directory)
+        if store.latest_step() is None:
+            store.close()
+            return None
+        return store
+
+    def close(self) -> None:
+        """Release orbax's manager (its worker threads); the store is unusable afterwards."""
+        self._manager.close()
+
+    def __enter__(self) -> "Checkpoints":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Save the pytree `state` and the JSON-able `meta` as checkpoint `step` (replacing it)."""
         if step in self._manager.all_steps():

@@ -78,6 +78,7 @@ class Learner:
         self.checkpoints = Checkpoints(self.workdir / "checkpoints") if self.workdir else None
         self.meta = dict(meta or {})  # extra JSON saved with each checkpoint (config, vocab, ...)
         self.history: list[dict] = []
+        self.step_losses: list[float] = []  # the raw training loss of every global step, in order
         self._eval_step = make_eval_step(model, dtype)
         self._resume: dict | None = None
 
@@ -108,6 +109,10 @@ class Learner:
         Returns the epoch rows. SIGINT/SIGTERM saves a checkpoint mid-epoch and raises
         StopRequested; `resume()` before this call continues from the newest checkpoint.
         """
+        short = [p for p in phases if p.epochs > 0 and p.steps_per_epoch == 0]
+        if short:
+            raise PmlError(f"the training split has fewer items than one batch of {self.dls.batch_size}: "
+                           "nothing to train on; lower the batch size")
         start_phase, start_step = 0, 0
         if self._resume is not None:
             start_phase, start_step = self._resume["phase"], self._resume["step_in_phase"]
@@ -138,15 +143,15 @@ class Learner:
         step0 = self._global_step(phases, p, 0)
         for epoch in range(start // spe, phase.epochs):
             t0, first = time.perf_counter(), max(start - epoch * spe, 0)
-            bar = tqdm(total=spe, initial=first, desc=f"phase {p} epoch {epoch}", leave=False,
-                       disable=not self.progress)
+            bar = tqdm(total=spe, initial=first, leave=False, disable=None if self.progress else True,
+                       desc=f"{'frozen ' if phase.frozen else ''}epoch {epoch + 1}/{phase.epochs}")
             pending = None  # (step, loss): read after the next step is dispatched, keeping the device busy
             waits = WaitClock()
             batches = waits.wrap(self.dls.train(data_epoch0 + epoch, start_step=first))
             for i, batch in enumerate(batches, first):
                 s = epoch * spe + i
                 key = jax.random.fold_in(self.key, step0 + s)
-                state, loss = train_step(state, shard_batch(batch, self.mesh), lrs[s], moms[s], key)
+                state, loss = train_step(state, self._train_batch(batch), lrs[s], moms[s], key)
                 if pending is not None:
                     smooth, count = self._record(*pending, smooth, count, phase, step0, bar)
                 pending = (s, loss)
@@ -154,21 +159,23 @@ class Learner:
                     smooth, count = self._record(*pending, smooth, count, phase, step0, bar)
                     self._adopt(state)
                     self._save(p, s + 1, state.opt_state, phase.frozen, smooth, count)
-                    raise StopRequested(f"stopped by signal {signals.raised} at step {s + 1} of phase {p}")
+                    raise StopRequested(f"stopped by signal {signals.raised} at step {step0 + s + 1}")
             if pending is not None:
                 smooth, count = self._record(*pending, smooth, count, phase, step0, bar)
             bar.close()
             train_seconds = time.perf_counter() - t0
             self._adopt(state)
             valid = self.validate()
-            row = {"phase": p, "epoch": epoch, "train_loss": smooth / (1 - SMOOTH_BETA ** count),
+            row = {"phase": p, "epoch": epoch, "step": step0 + (epoch + 1) * spe,
+                   "train_loss": smooth / (1 - SMOOTH_BETA ** count),
                    **valid, "time": time.perf_counter() - t0,
                    "train_img_s": (spe - first) * self.dls.batch_size / train_seconds,
                    "input_wait": waits.seconds / train_seconds}
             self._log_row(row, step0 + (epoch + 1) * spe)
             self._save(p, (epoch + 1) * spe, state.opt_state, phase.frozen, smooth, count)
             if signals.raised is not None:
-                raise StopRequested(f"stopped by signal {signals.raised} after epoch {epoch} of phase {p}")
+                raise StopRequested(f"stopped by signal {signals.raised} at step {step0 + (epoch + 1) * spe}, "
+                                    "the end of an epoch")
 
     def _record(self, s: int, loss, smooth: float, count: int, phase: Phase, step0: int, bar):
         """Check and log the loss of step `s` of `phase`; returns the updated smoothed-loss state."""
@@ -176,6 +183,7 @@ class Learner:
         if not math.isfinite(value):
             raise PmlError(f"training diverged: loss is {value} at global step {step0 + s} (step {s} "
                            "of its phase); the last checkpoint is kept; lower the learning rate")
+        self.step_losses.append(value)
         smooth, count = SMOOTH_BETA * smooth + (1 - SMOOTH_BETA) * value, count + 1
         smoothed = smooth / (1 - SMOOTH_BETA ** count)
         bar.update(1)
@@ -185,6 +193,13 @@ class Learner:
                                             "train/mom": phase.moms[s],
                                             **{f"train/lr_group{g}": lr for g, lr in enumerate(phase.lrs[s])}})
         return smooth, count
+
+    def _train_batch(self, batch: dict) -> dict:
+        """A host train batch -> the step's input on the mesh. Crop buffers (augment on the device)
+        are resized by the loaders' own jitted function, dispatched just before the step: the step
+        stays one compiled program per phase whatever the input path, and show_batch draws exactly
+        what it trains on."""
+        return self.dls.finish(shard_batch(batch, self.mesh))
 
     @staticmethod
     def _global_step(phases, p, s) -> int:
@@ -197,11 +212,15 @@ class Learner:
     def get_preds(self, is_valid: bool = True) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """(probs [N,C], targets [N,C], mask [N], loss [N]) over every eval item, padded rows masked."""
         acc, losses = MetricAccumulator(), []
-        for batch in self.dls.valid(is_valid):
+        batches = tqdm(self.dls.valid(is_valid), desc="validating", leave=False,
+                       disable=None if self.progress else True)
+        for batch in batches:
             batch = shard_batch(batch, self.mesh)
             probs, loss = self._eval_step(self.params, self.batch_stats, batch)
             acc.update(probs, batch["target"], batch["mask"])
             losses.append(loss)
+        if not losses:
+            raise PmlError(f"the {'validation' if is_valid else 'training'} split is empty: nothing to predict on")
         probs, targs, mask = acc.gathered()
         return probs, targs, mask, jnp.concatenate(losses)
 
@@ -229,7 +248,7 @@ class Learner:
         step = make_train_step(self.model, tx, trainable, self.dtype)
         raw, lrs = [], []
         for lr, batch in zip(lrs_all, self._endless_train_batches()):
-            state, loss = step(state, shard_batch(batch, self.mesh),
+            state, loss = step(state, self._train_batch(batch),
                                jnp.full((N_GROUPS,), lr, jnp.float32),
                                jnp.float32(0.9), jax.random.fold_in(self.key, len(raw)))
             raw.append(float(loss))
@@ -252,7 +271,8 @@ class Learner:
             return
         state = {"params": self.params, "batch_stats": self.batch_stats, "opt_state": opt_state}
         meta = {**self.meta, "phase": phase, "step_in_phase": step_in_phase, "frozen": frozen,
-                "smooth": smooth, "smooth_count": count, "history": self.history}
+                "smooth": smooth, "smooth_count": count, "history": self.history,
+                "step_losses": self.step_losses}
         self.checkpoints.save(self._checkpoint_id(phase, step_in_phase), state, meta)
 
     @staticmethod
@@ -268,6 +288,7 @@ class Learner:
             return False
         opt_state, meta = self._restore(None)
         self.history = list(meta["history"])
+        self.step_losses = list(meta.get("step_losses", []))
         self._write_metrics(self.history, "w")  # drop rows of epochs replayed after a crash
         self._resume = {**meta, "opt_state": opt_state}
         return True

@@ -1,0 +1,20 @@
+"""Lists of choices that the model and data layers accept (architectures, heads, VOC validation
+splits), in a module free of jax, flax and pandas so the run config can validate a choice before
+anything is built or read."""
+
+# arch -> (block kind, blocks per stage) of the torchvision ResNets
+ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ("bottleneck", (3, 4, 23, 3)),
+    "resnet152": ("bottleneck", (3, 8, 36, 3)),
+}
+# classifier heads: fastai's create_head (for fine-tuning) or torchvision's avg pool + Linear
+HEADS = ("fastai", "linear")
+# VOCdevkit source: the validation split, the official val list or the test list
+VOC_VALID_SPLITS = ("val", "test")
+# the decoded-image cache: auto = RAM when the decoded split fits a share of the available memory
+CACHE_MODES = ("auto", "ram", "none")
+# where train crops are resized: auto = device on GPUs/TPUs, host on a CPU backend (see pml_jax.data.loaders)
+AUGMENT_MODES = ("auto", "device", "host")

@@ -1,0 +1,112 @@
+"""The results stage: validation predictions -> a summary, a predictions table and pictures.
+
+`summarize` is pure (arrays in, a JSON-able dict out); `write_results` owns every file of the stage
+and writes on process 0 only, so many hosts never write the same path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+import pandas as pd
+
+from pml_jax import plots
+from pml_jax.metrics import epoch_metrics, per_class_thresholds
+from pml_jax.metrics.sweep import DEFAULT_THRESHOLDS
+
+# What the seed notebook (fastai, resnet50, fine_tune(3, 3e-3, freeze_epochs=4)) reports.
+SEED_RESULTS = {"accuracy_multi": 0.952809, "best_accuracy": 0.9563, "best_thresh": 0.5}
+PER_CLASS_GRID = np.linspace(0.01, 0.99, 99)  # the cutoffs tried for each class's own threshold
+TOP_LOSSES = 9  # validation images in top_losses.png
+
+
+def summarize(probs, targs, mask, vocab: Sequence[str], thresh: float) -> dict:
+    """Metrics of validation predictions: probs, targs [N, C] and mask bool [N] (False: padding).
+
+    Returns a JSON-able dict: n_valid, thresh, accuracy_multi, best_thresh, best_accuracy, mAP,
+    voc07_mAP, f1_micro, f1_macro, per_class_thresholds and per_class_ap (class -> value), and the
+    sweep (thresholds, accuracy_multi, f1_micro curves) over the seed's 29-point grid.
+    """
+    m = jax.device_get(epoch_metrics(probs, targs, mask, thresh=thresh, thresholds=DEFAULT_THRESHOLDS))
+    probs, targs, keep = (np.asarray(x) for x in jax.device_get((probs, targs, mask)))  # one transfer
+    per_class = np.asarray(per_class_thresholds(probs[keep], targs[keep], thresholds=PER_CLASS_GRID))
+    return {
+        "n_valid": int(keep.sum()), "thresh": float(thresh),
+        "accuracy_multi": float(m["accuracy_multi"]), "best_thresh": float(m["best_thresh"]),
+        "best_accuracy": float(m["best_accuracy"]), "mAP": float(m["mAP"]),
+        "voc07_mAP": float(m["voc07_mAP"]), "f1_micro": float(m["f1_micro"]),
+        "f1_macro": float(m["f1_macro"]), "per_class_thresholds": dict(zip(vocab, per_class.tolist())),
+        "per_class_ap": dict(zip(vocab, np.asarray(m["ap"]).tolist())),
+        "sweep": {"thresholds": np.asarray(m["sweep_thresholds"]).tolist(),
+                  "accuracy_multi": np.asarray(m["sweep_accuracy"]).tolist(),
+                  "f1_micro": np.asarray(m["sweep_f1_micro"]).tolist()},
+    }
+
+
+def predicted_labels(probs: np.ndarray, vocab: Sequence[str], cut) -> list[str]:
+    """Space-joined classes whose probability is above `cut` (a float or one per class), per row of [N, C]."""
+    names = np.asarray(vocab)
+    return [" ".join(names[row > cut]) for row in np.asarray(probs)]
+
+
+def predictions_table(fnames: Sequence[str], probs: np.ndarray, vocab: Sequence[str], cut,
+                      labels: Sequence[str] | None = None) -> pd.DataFrame:
+    """fname[, labels (the truth)], predicted (above `cut`), then p_<class> for each class."""
+    columns = {"fname": list(fnames)}
+    if labels is not None:
+        columns["labels"] = list(labels)
+    columns["predicted"] = predicted_labels(probs, vocab, cut)
+    probs = pd.DataFrame(np.asarray(probs), columns=[f"p_{v}" for v in vocab])
+    return pd.concat([pd.DataFrame(columns), probs], axis=1)
+
+
+def write_results(outdir: Path, summary: dict, table: pd.DataFrame, vocab: Sequence[str],
+                  worst: dict | None = None) -> list[Path]:
+    """Write summary.json, predictions.csv, threshold_curve.png, per_class_ap.png and (with `worst`:
+    {'image' uint8 [K,H,W,3], 'target', 'probs' [K,C], 'loss' [K]}) top_losses.png into `outdir`.
+
+    Only process 0 writes; returns the paths (every process returns the same list).
+    """
+    names = ["summary.json", "predictions.csv", "threshold_curve.png", "per_class_ap.png"]
+    names += ["top_losses.png"] if worst is not None else []
+    paths = [Path(outdir) / n for n in names]
+    if jax.process_index() != 0:
+        return paths
+    Path(outdir).mkdir(parents=True, exist_ok=True)
+    paths[0].write_text(json.dumps(summary, indent=2) + "\n")
+    table.to_csv(paths[1], index=False)
+    sweep = summary["sweep"]
+    plots.plot_threshold_curve(sweep["thresholds"], {"accuracy_multi": sweep["accuracy_multi"],
+                                                     "F1 (micro)": sweep["f1_micro"]},
+                               summary["best_thresh"], paths[2])
+    plots.plot_per_class_ap(vocab, [summary["per_class_ap"][v] for v in vocab], paths[3])
+    if worst is not None:
+        plots.plot_top_losses(worst["image"], worst["target"], worst["probs"], worst["loss"], vocab,
+                              summary["thresh"], paths[4], k=len(worst["loss"]))
+    return paths
+
+
+def summary_table(summary: dict, seed: bool = False) -> str:
+    """The closing table; with `seed`, the seed notebook's fastai figures side by side."""
+    rows = [(f"accuracy_multi @ {summary['thresh']:g}", summary["accuracy_multi"], SEED_RESULTS["accuracy_multi"]),
+            ("best sweep threshold", summary["best_thresh"], SEED_RESULTS["best_thresh"]),
+            ("accuracy_multi @ best", summary["best_accuracy"], SEED_RESULTS["best_accuracy"]),
+            ("mAP (sklearn AP, macro)", summary["mAP"], None),
+            ("mAP (VOC07 11-point)", summary["voc07_mAP"], None),
+            ("F1 micro @ thresh", summary["f1_micro"], None),
+            ("F1 macro @ thresh", summary["f1_macro"], None)]
+    head = f"{'metric':<26}{'pml_jax':>10}" + (f"{'fastai seed':>13}" if seed else "")
+    lines = [head, "-" * len(head)]
+    for name, ours, theirs in rows:
+        extra = (f"{theirs:>13.4f}" if theirs is not None else f"{'':>13}") if seed else ""
+        lines.append(f"{name:<26}{ours:>10.4f}{extra}")
+    return "\n".join(lines)
+
+
+def log_outputs(outdir: Path, paths: Sequence[Path], log: Callable[[str], None]) -> None:
+    """One closing line: where the outputs are and which they are."""
+    log(f"outputs in {outdir}: {', '.join(str(Path(p).relative_to(outdir)) for p in paths)}")
