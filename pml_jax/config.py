@@ -42,7 +42,8 @@ class Config:
     min_scale: float = _field(0.35, "RandomResizedCrop's smallest area fraction")
     flip: bool = _field(False, "random horizontal flips in training")
     fast_decode: bool = _field(
-        True, "decode train JPEGs at a reduced scale when the crop allows (false: pixel-exact fastai crops)")
+        True, "without a cache, decode train JPEGs at a reduced scale when the crop allows (false: pixel-exact "
+        "fastai crops); crops cut from the cache are exact either way")
     cache: str = _field(
         CACHE_MODES[0], "keep decoded images in RAM (decode once): auto = when they fit half the available memory",
         CACHE_MODES)
