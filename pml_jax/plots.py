@@ -89,7 +89,7 @@ def _ap_figure(vocab: Sequence[str], ap):
     if defined.any():
         mean = values[defined].mean()
         ax.axvline(mean, color="red", linestyle="--", label=f"mAP {mean:.3f}")
-        ax.legend(loc="lower right")  # where the shortest bars are
+        ax.legend(loc="lower left")  # over the bars' starts; their values are written at their ends
     ax.set_yticks(rows, names)
     note = " (n/a: no positives)" if not defined.all() else ""
     ax.set(xlim=(lo, 1), ylim=(len(vocab) - 0.4, -0.6), xlabel="average precision", title=f"per-class AP{note}")
