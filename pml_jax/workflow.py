@@ -128,6 +128,18 @@ def header(cfg: Config, dls: DataLoaders, mode: str) -> str:
     ])
 
 
+def _checked_loaders(cfg: Config, mode: str, log: Callable[[str], None]) -> DataLoaders:
+    """What a training mode needs before it writes: the source's flags checked, the weights fetched (a
+    missing file or a failed download stops here, before any data is read), the data loaded and checked,
+    the header logged."""
+    check_source(cfg)
+    if cfg.pretrained:
+        fetch(cfg.arch, cfg.pretrained)
+    dls = data_loaders(cfg, load_items(cfg, log), log)
+    log(header(cfg, dls, mode))
+    return dls
+
+
 def _write_run_files(cfg: Config, dls: DataLoaders) -> Path:
     """config.json, vocab.json and show_batch.png of a new run (process 0 only)."""
     workdir = Path(cfg.workdir)
@@ -141,13 +153,9 @@ def _write_run_files(cfg: Config, dls: DataLoaders) -> Path:
 
 def train(cfg: Config, resume: bool = False, log: Callable[[str], None] = print) -> dict:
     """Train as the config says (fine_tune or fit_one_cycle), then write every output; returns the summary."""
-    check_source(cfg)
     cfg = cfg.replace(workdir=str(run_folder(Path(cfg.workdir), resume, log)))
-    if cfg.pretrained:
-        fetch(cfg.arch, cfg.pretrained)  # a missing file or a failed download stops here, before any data is read
-    dls = data_loaders(cfg, load_items(cfg, log), log)
+    dls = _checked_loaders(cfg, "train", log)
     dls.check_fit()
-    log(header(cfg, dls, "train"))
     workdir = _write_run_files(cfg, dls)
     writer = TensorBoard(workdir / "tb") if jax.process_index() == 0 else None
     learner = _learner(cfg, dls, log, writer)
@@ -309,11 +317,7 @@ def lr_find(cfg: Config, log: Callable[[str], None] = print) -> dict:
 
     Writes lr_find.png and lr_find.json (the curve, the suggestion and the config) into the workdir.
     """
-    check_source(cfg)
-    if cfg.pretrained:
-        fetch(cfg.arch, cfg.pretrained)
-    dls = data_loaders(cfg, load_items(cfg, log), log)
-    log(header(cfg, dls, "lr_find"))
+    dls = _checked_loaders(cfg, "lr_find", log)
     learner = _learner(cfg, dls, log, checkpoints=False)
     result = learner.lr_find(frozen=cfg.schedule == "fine_tune")
     workdir = Path(cfg.workdir)
