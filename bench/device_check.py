@@ -247,8 +247,13 @@ class MemoryLoaders:
         """The train batch as the step takes it: these batches already are (no device-side crops)."""
         return batch
 
-    def valid(self, is_valid: bool = True):
-        idx = np.flatnonzero(self.is_valid == is_valid)
+    def check_fit(self) -> None:
+        """What the Learner checks before it trains: a full train batch and a validation item."""
+        if self.steps_per_epoch == 0 or not self.is_valid.any():
+            raise ValueError(f"need {self.batch_size} train items and one validation item")
+
+    def valid(self):
+        idx = np.flatnonzero(self.is_valid)
         for s in range(0, idx.size, self.batch_size):
             yield self._batch(idx[s:s + self.batch_size])
 

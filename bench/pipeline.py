@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from pml_jax.choices import MIN_SCALE  # noqa: E402
 from pml_jax.data import host_crops, pipeline  # noqa: E402
 from pml_jax.data.dataset import LabelledImages  # noqa: E402
 from pml_jax.data.loaders import DataLoaders  # noqa: E402
@@ -53,7 +54,7 @@ def write_jpegs(root: Path, n: int, seed: int = 0) -> LabelledImages:
     return LabelledImages(df, root, ("a",), name="bench")
 
 
-def pil_crop(w: int, h: int, rng: random.Random, min_scale: float = 0.35) -> tuple[int, int, int, int]:
+def pil_crop(w: int, h: int, rng: random.Random, min_scale: float = MIN_SCALE) -> tuple[int, int, int, int]:
     """fastai RandomResizedCrop.before_call with Python's random -> PIL box (left, top, right, bottom)."""
     lo, hi = math.log(3 / 4), math.log(4 / 3)
     for _ in range(10):
@@ -162,7 +163,7 @@ def fastai_difference() -> tuple[float, float, int]:
     for key in (k for k in ref.files if k.startswith("train/") and not k.endswith("uniforms")):
         _, name, size, _ = key.split("/")
         image = np.asarray(Image.open(FIXTURES / name).convert("RGB"))
-        top, left, ch, cw = (int(v) for v in T.crop_window(*image.shape[:2], ref[key + "/uniforms"]))
+        top, left, ch, cw = (int(v) for v in T.crop_window(*image.shape[:2], ref[key + "/uniforms"], MIN_SCALE))
         buffer = host_crops.buffer_hw(int(size), image.shape[:2])
         k, hw, box = host_crops.shrink_plan(np.array([[top, left, ch, cw]]), buffer)
         cut = host_crops.padded_window(image[top:top + ch, left:left + cw], k[0], *buffer)[None]

@@ -41,10 +41,9 @@ import numpy as np  # noqa: E402
 
 from pml_jax.models.classifier import create_model  # noqa: E402
 from pml_jax.train.compile_cache import enable_compile_cache  # noqa: E402
-from pml_jax.train.groups import decay_mask, param_groups, split_trainable, trainable_mask  # noqa: E402
-from pml_jax.train.optim import fastai_adam  # noqa: E402
+from pml_jax.train.groups import N_GROUPS  # noqa: E402
 from pml_jax.train.precision import compute_dtype  # noqa: E402
-from pml_jax.train.steps import TrainState, make_eval_step, make_train_step  # noqa: E402
+from pml_jax.train.steps import TrainState, make_eval_step, setup_phase  # noqa: E402
 
 PHASES = ("train", "frozen", "eval")
 N_OUT = 20
@@ -91,12 +90,11 @@ def jax_runners(arch: str, batch: dict[str, np.ndarray], phases=PHASES, seed: in
             def run(compiled=compiled, args=args):
                 jax.block_until_ready(compiled(*args))
         else:
-            trainable = trainable_mask(params, stats, frozen=phase == "frozen")
-            tx = fastai_adam(param_groups(params), decay_mask(params, stats))
-            fresh = jax.tree.map(jnp.copy, params)  # the step donates its state
-            state = TrainState(fresh, jax.tree.map(jnp.copy, stats), tx.init(split_trainable(fresh, trainable)[0]))
-            extra = (jnp.full((3,), 1e-4, jnp.float32), jnp.float32(0.9), jax.random.key(seed))
-            compiled = make_train_step(model, tx, trainable, compute).lower(state, dev_batch, *extra).compile()
+            setup = setup_phase(model, params, stats, frozen=phase == "frozen", dtype=compute)
+            # the step donates its state: copies, so the next phase still has the params
+            state = TrainState(jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, stats), setup.opt_state)
+            extra = (jnp.full((N_GROUPS,), 1e-4, jnp.float32), jnp.float32(0.9), jax.random.key(seed))
+            compiled = setup.step.lower(state, dev_batch, *extra).compile()
             cell = [state]
 
             def run(compiled=compiled, cell=cell, extra=extra):

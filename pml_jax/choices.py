@@ -1,6 +1,6 @@
-"""Lists of choices that the model and data layers accept (architectures, heads, VOC validation
-splits), in a module free of jax, flax and pandas so the run config can validate a choice before
-anything is built or read."""
+"""Lists of choices that the model and data layers accept (architectures, heads, data sources, VOC
+validation splits, ...), in a module free of jax, flax and pandas so the run config can validate a
+choice before anything is built or read."""
 
 # arch -> (block kind, blocks per stage) of the torchvision ResNets
 ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -12,9 +12,17 @@ ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
 }
 # classifier heads: fastai's create_head (for fine-tuning) or torchvision's avg pool + Linear
 HEADS = ("fastai", "linear")
+# data sources (pml_jax.data.sources maps each name to its loader)
+SOURCES = ("synthetic", "pascal_2007", "voc", "tfds", "csv")
 # VOCdevkit source: the validation split, the official val list or the test list
 VOC_VALID_SPLITS = ("val", "test")
 # the decoded-image cache: auto = RAM when the decoded split fits a share of the available memory
 CACHE_MODES = ("auto", "ram", "none")
 # where train crops are resized: auto = device on GPUs/TPUs, host on a CPU backend (see pml_jax.data.loaders)
 AUGMENT_MODES = ("auto", "device", "host")
+# RandomResizedCrop's smallest area fraction: fastai's default
+MIN_SCALE = 0.35
+# train JPEGs decoded at a reduced DCT scale when the crop allows (no cache, host crops): 1.3-2.3x the
+# exact path's images/s in bench/pipeline.py, mean |difference| to fastai's pixels 0.7-2.4 levels
+# of 255; False reproduces fastai bit for bit
+FAST_DECODE = True

@@ -12,7 +12,6 @@ from pml_jax.errors import PmlError
 from pml_jax.train.interrupt import StopRequested
 
 
-
 class _Parser(argparse.ArgumentParser):
     """argparse with exact flag names only (no prefix matching) and one `error:` line for a bad flag."""
 

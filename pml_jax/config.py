@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pml_jax.choices import ARCHS, AUGMENT_MODES, CACHE_MODES, HEADS, VOC_VALID_SPLITS
+from pml_jax.choices import (ARCHS, AUGMENT_MODES, CACHE_MODES, FAST_DECODE, HEADS, MIN_SCALE, SOURCES,
+                              VOC_VALID_SPLITS)
 from pml_jax.errors import PmlError
 from pml_jax.train.precision import DTYPES
 
-SOURCES = ("synthetic", "pascal_2007", "voc", "tfds", "csv")
 SCHEDULES = ("fine_tune", "one_cycle")
 MODES = ("train", "lr_find", "evaluate", "predict")
 
@@ -39,10 +39,10 @@ class Config:
     skip_bad: bool = _field(False, "drop unreadable images and report them instead of stopping")
     synthetic_images: int = _field(2500, "number of images of the generated synthetic set")
     size: int = _field(64, "image side in pixels")
-    min_scale: float = _field(0.35, "RandomResizedCrop's smallest area fraction")
+    min_scale: float = _field(MIN_SCALE, "RandomResizedCrop's smallest area fraction")
     flip: bool = _field(False, "random horizontal flips in training")
     fast_decode: bool = _field(
-        True, "without a cache, decode train JPEGs at a reduced scale when the crop allows (false: pixel-exact "
+        FAST_DECODE, "without a cache, decode train JPEGs at a reduced scale when the crop allows (false: pixel-exact "
         "fastai crops); crops cut from the cache are exact either way")
     cache: str = _field(
         CACHE_MODES[0], "keep decoded images in RAM (decode once): auto = when they fit half the available memory",

@@ -1,11 +1,13 @@
 """The results stage: validation predictions -> a summary, a predictions table and pictures.
 
-`summarize` is pure (arrays in, a JSON-able dict out); `write_results` owns every file of the stage
-and writes on process 0 only, so many hosts never write the same path.
+`report` is the stage's one entry (training and evaluate). `summarize` is pure (arrays in, a
+JSON-able dict out); `write_results` owns every file of the stage and writes on process 0 only,
+so many hosts never write the same path.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Callable, Sequence
@@ -65,29 +67,77 @@ def predictions_table(fnames: Sequence[str], probs: np.ndarray, vocab: Sequence[
 
 
 def write_results(outdir: Path, summary: dict, table: pd.DataFrame, vocab: Sequence[str],
-                  worst: dict | None = None) -> list[Path]:
+                  worst: dict | None = None, training: tuple[list[dict], list[float]] | None = None) -> list[Path]:
     """Write summary.json, predictions.csv, threshold_curve.png, per_class_ap.png and (with `worst`:
-    {'image' uint8 [K,H,W,3], 'target', 'probs' [K,C], 'loss' [K]}) top_losses.png into `outdir`.
+    {'image' uint8 [K,H,W,3], 'target', 'probs' [K,C], 'loss' [K]}) top_losses.png into `outdir`;
+    with `training` (the learner's epoch rows and step losses) loss.png before them.
 
     Only process 0 writes; returns the paths (every process returns the same list).
     """
-    names = ["summary.json", "predictions.csv", "threshold_curve.png", "per_class_ap.png"]
+    names = ["loss.png"] if training is not None else []
+    names += ["summary.json", "predictions.csv", "threshold_curve.png", "per_class_ap.png"]
     names += ["top_losses.png"] if worst is not None else []
-    paths = [Path(outdir) / n for n in names]
+    paths = {n: Path(outdir) / n for n in names}
     if jax.process_index() != 0:
-        return paths
+        return list(paths.values())
     Path(outdir).mkdir(parents=True, exist_ok=True)
-    paths[0].write_text(json.dumps(summary, indent=2) + "\n")
-    table.to_csv(paths[1], index=False)
+    if training is not None:
+        _plot_loss(*training, paths["loss.png"])
+    paths["summary.json"].write_text(json.dumps(summary, indent=2) + "\n")
+    table.to_csv(paths["predictions.csv"], index=False)
     sweep = summary["sweep"]
     plots.plot_threshold_curve(sweep["thresholds"], {"accuracy_multi": sweep["accuracy_multi"],
                                                      "F1 (micro)": sweep["f1_micro"]},
-                               summary["best_thresh"], paths[2])
-    plots.plot_per_class_ap(vocab, [summary["per_class_ap"][v] for v in vocab], paths[3])
+                               summary["best_thresh"], paths["threshold_curve.png"])
+    plots.plot_per_class_ap(vocab, [summary["per_class_ap"][v] for v in vocab], paths["per_class_ap.png"])
     if worst is not None:
         plots.plot_top_losses(worst["image"], worst["target"], worst["probs"], worst["loss"], vocab,
-                              summary["thresh"], paths[4], k=len(worst["loss"]))
-    return paths
+                              summary["thresh"], paths["top_losses.png"], k=len(worst["loss"]))
+    return list(paths.values())
+
+
+def _plot_loss(history: list[dict], step_losses: list[float], path: Path) -> None:
+    """loss.png: every step's training loss and each epoch's valid loss, phase starts marked."""
+    phase_starts = [prev["step"] for prev, row in zip(history, history[1:]) if row["phase"] != prev["phase"]]
+    plots.plot_loss(step_losses, [r["step"] for r in history], [r["valid_loss"] for r in history], path,
+                    phase_starts=phase_starts)
+
+
+def report(preds, dls, thresh: float, outdir: Path, log: Callable[[str], None], seed: bool = False,
+           training: tuple[list[dict], list[float]] | None = None) -> tuple[dict, list[Path]]:
+    """The results stage over the validation split of `dls` (pml_jax.data.loaders.DataLoaders).
+
+    preds: (probs, targets, mask, losses) of `pml_jax.train.inference.predict_batches` over
+    `dls.valid()`. Writes `write_results`'s files into `outdir` (with `training`, loss.png too),
+    logs the summary table (with `seed`, beside the seed notebook's figures); returns
+    (summary, the paths written).
+    """
+    probs, targs, mask, losses = preds
+    summary = summarize(probs, targs, mask, dls.vocab, thresh)
+    probs, targs, keep, losses = (np.asarray(x) for x in jax.device_get((probs, targs, mask, losses)))
+    valid = dls.items.subset(True)
+    table = predictions_table(valid["fname"], probs[keep], dls.vocab, thresh, valid["labels"])
+    worst = np.argsort(-losses[keep], kind="stable")[:TOP_LOSSES]
+    shown = {"image": _valid_images(dls, worst), "target": targs[keep][worst],
+             "probs": probs[keep][worst], "loss": losses[keep][worst]}
+    paths = write_results(outdir, summary, table, dls.vocab, shown, training)
+    log(summary_table(summary, seed=seed))
+    return summary, paths
+
+
+def _valid_images(dls, indices) -> np.ndarray:
+    """uint8 [len(indices), size, size, 3]: validation items `indices` (split order) as the model saw them."""
+    wanted = {int(i): k for k, i in enumerate(indices)}
+    out = np.zeros((len(wanted), dls.size, dls.size, 3), np.uint8)
+    start = 0
+    for batch in dataclasses.replace(dls, process_index=0, process_count=1).valid():
+        for j in range(int(np.sum(batch["mask"]))):
+            if start + j in wanted:
+                out[wanted[start + j]] = batch["image"][j]
+        start += len(batch["mask"])
+        if start > max(wanted, default=-1):
+            break
+    return out
 
 
 def summary_table(summary: dict, seed: bool = False) -> str:

@@ -1,15 +1,18 @@
 """The four things `run.py` does with a Config: train, lr_find, evaluate, predict.
 
 Each mode checks everything it can (config, weights, data, splits) before it writes a file. A
-training run writes into its workdir (a used one makes the run take the next free `<workdir>-N`):
-config.json, vocab.json, show_batch.png, metrics.jsonl, tb/, checkpoints/, loss.png, the results
-stage's files (pml_jax.results) and model/. evaluate writes into <workdir>/eval/, predict writes
-<workdir>/predict.csv, lr_find writes lr_find.png and lr_find.json.
+training run is one pass through the stages, in data-flow order: config -> sources (the items)
+-> loaders -> model -> Learner fit -> results (pml_jax.results) -> export (pml_jax.export). It
+writes into its workdir (a used one makes the run take the next free `<workdir>-N`): config.json,
+vocab.json, show_batch.png, metrics.jsonl, tb/, checkpoints/, the results stage's files (loss.png
+first) and model/. evaluate and predict run the exported model through
+`pml_jax.train.inference.predict_batches` (no Learner, no optimizer): evaluate writes into
+<workdir>/eval/ only, predict writes <workdir>/predict.csv; lr_find writes lr_find.png and
+lr_find.json. Every file is written by process 0 only.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Callable
@@ -26,8 +29,9 @@ from pml_jax.data.loaders import DataLoaders
 from pml_jax.data.show_batch import show_batch
 from pml_jax.data.sources import load_source
 from pml_jax.errors import PmlError
-from pml_jax.models import create_model, fetch
-from pml_jax.train.checkpoint import Checkpoints
+from pml_jax.export import build_model, export_model, load_model
+from pml_jax.models import fetch
+from pml_jax.train.inference import predict_batches
 from pml_jax.train.learner import Learner
 from pml_jax.train.precision import compute_dtype
 from pml_jax.train.tensorboard import TensorBoard
@@ -35,17 +39,19 @@ from pml_jax.train.tensorboard import TensorBoard
 RUN_MARKERS = ("checkpoints", "model", "metrics.jsonl")  # a workdir holding one of them has been trained in
 
 
-def check_source(cfg: Config) -> None:
-    """The flags the config's source needs, before anything is read."""
+def check_inputs(cfg: Config) -> None:
+    """What needs no data, before anything is read: the flags the config's source needs, and the
+    pretrained weights fetched (a missing file or a failed download stops here)."""
     if cfg.source in ("voc", "csv") and cfg.data_path is None:
         raise PmlError(f"source {cfg.source!r} needs --data_path")
     if cfg.source == "csv" and cfg.csv is None:
         raise PmlError("source 'csv' needs --csv")
+    if cfg.pretrained:
+        fetch(cfg.arch, cfg.pretrained)
 
 
 def load_items(cfg: Config, log: Callable[[str], None] = print) -> LabelledImages:
     """The config's data source, with every image checked (bad ones dropped with `skip_bad`)."""
-    check_source(cfg)
     kwargs = {
         "synthetic": {"root": cfg.data_path, "n_images": cfg.synthetic_images},
         "pascal_2007": {"path": cfg.data_path},
@@ -66,22 +72,6 @@ def data_loaders(cfg: Config, items: LabelledImages, log: Callable[[str], None] 
                       cache=cfg.cache, augment=cfg.augment)
     log(f"{dls.cache_decision().summary()}; train crops resized on the {dls.augment_on}")
     return dls
-
-
-def _dtype(cfg: Config):
-    return compute_dtype(cfg.dtype)
-
-
-def _model(cfg: Config, n_out: int, pretrained: str | None):
-    """The config's model (arch, head, dtype, seed) for `n_out` classes and its variables."""
-    return create_model(cfg.arch, n_out, pretrained, dtype=_dtype(cfg), seed=cfg.seed, head=cfg.head)
-
-
-def _learner(cfg: Config, dls: DataLoaders, log, writer=None, checkpoints: bool = True) -> Learner:
-    model, variables = _model(cfg, len(dls.vocab), cfg.pretrained)
-    meta = {"config": json.loads(cfg.to_json()), "vocab": list(dls.vocab)}
-    return Learner(model, variables, dls, wd=cfg.wd, thresh=cfg.thresh, dtype=_dtype(cfg), seed=cfg.seed,
-                   workdir=cfg.workdir if checkpoints else None, log=log, meta=meta, writer=writer)
 
 
 def run_folder(workdir: Path, resume: bool, log: Callable[[str], None] = print) -> Path:
@@ -120,7 +110,7 @@ def header(cfg: Config, dls: DataLoaders, mode: str) -> str:
     classes = ", ".join(items.vocab[:8]) + (", ..." if len(items.vocab) > 8 else "")
     return "\n".join([
         f"pml_jax {mode}: {len(devices)} {devices[0].platform} device(s) ({devices[0].device_kind}), "
-        f"{jax.process_count()} process(es), compute {np.dtype(_dtype(cfg)).name}",
+        f"{jax.process_count()} process(es), compute {np.dtype(compute_dtype(cfg.dtype)).name}",
         f"data: {items.name}, {n_train} train / {n_valid} valid items, {len(items.vocab)} classes ({classes})",
         f"model: {cfg.arch} + {cfg.head} head, {weights}; {cfg.size} px, batch {cfg.batch_size} "
         f"({dls.steps_per_epoch} steps/epoch); {plan}",
@@ -128,20 +118,8 @@ def header(cfg: Config, dls: DataLoaders, mode: str) -> str:
     ])
 
 
-def _checked_loaders(cfg: Config, mode: str, log: Callable[[str], None]) -> DataLoaders:
-    """What a training mode needs before it writes: the source's flags checked, the weights fetched (a
-    missing file or a failed download stops here, before any data is read), the data loaded and checked,
-    the header logged."""
-    check_source(cfg)
-    if cfg.pretrained:
-        fetch(cfg.arch, cfg.pretrained)
-    dls = data_loaders(cfg, load_items(cfg, log), log)
-    log(header(cfg, dls, mode))
-    return dls
-
-
-def _write_run_files(cfg: Config, dls: DataLoaders) -> Path:
-    """config.json, vocab.json and show_batch.png of a new run (process 0 only)."""
+def write_run_files(cfg: Config, dls: DataLoaders) -> Path:
+    """config.json, vocab.json and show_batch.png of a new run (process 0 only); returns the workdir."""
     workdir = Path(cfg.workdir)
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -151,110 +129,61 @@ def _write_run_files(cfg: Config, dls: DataLoaders) -> Path:
     return workdir
 
 
+def _learner(cfg: Config, dls: DataLoaders, model, variables: dict, log, workdir: Path | None = None,
+             writer=None) -> Learner:
+    """A Learner with the config's settings for `model` on `dls`; checkpoints in `workdir` (None: none)."""
+    meta = {"config": json.loads(cfg.to_json()), "vocab": list(dls.vocab)}
+    return Learner(model, variables, dls, wd=cfg.wd, thresh=cfg.thresh, dtype=compute_dtype(cfg.dtype),
+                   seed=cfg.seed, workdir=workdir, log=log, meta=meta, writer=writer)
+
+
+def _fit(learner: Learner, cfg: Config, resume: bool, log) -> None:
+    """The config's schedule (fine_tune or fit_one_cycle), continued from the newest checkpoint with `resume`."""
+    if resume and learner.resume():
+        log(f"resuming from step {learner.checkpoints.latest_step()} in {learner.checkpoints.directory}")
+    if cfg.schedule == "fine_tune":
+        learner.fine_tune(cfg.epochs, cfg.base_lr, cfg.freeze_epochs, cfg.lr_mult, cfg.pct_start)
+    else:
+        learner.fit_one_cycle(cfg.epochs, cfg.base_lr, cfg.pct_start)
+
+
 def train(cfg: Config, resume: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Train as the config says (fine_tune or fit_one_cycle), then write every output; returns the summary."""
+    """Train as the config says, then write every output; returns the results summary."""
     cfg = cfg.replace(workdir=str(run_folder(Path(cfg.workdir), resume, log)))
-    dls = _checked_loaders(cfg, "train", log)
+    check_inputs(cfg)
+    dls = data_loaders(cfg, load_items(cfg, log), log)
+    log(header(cfg, dls, "train"))
     dls.check_fit()
-    workdir = _write_run_files(cfg, dls)
+    workdir = write_run_files(cfg, dls)
     writer = TensorBoard(workdir / "tb") if jax.process_index() == 0 else None
-    learner = _learner(cfg, dls, log, writer)
+    model, variables = build_model(cfg, len(dls.vocab), cfg.pretrained)
+    learner = _learner(cfg, dls, model, variables, log, workdir, writer)
     try:
-        if resume and learner.resume():
-            log(f"resuming from step {learner.checkpoints.latest_step()} in {learner.checkpoints.directory}")
-        if cfg.schedule == "fine_tune":
-            learner.fine_tune(cfg.epochs, cfg.base_lr, cfg.freeze_epochs, cfg.lr_mult, cfg.pct_start)
-        else:
-            learner.fit_one_cycle(cfg.epochs, cfg.base_lr, cfg.pct_start)
-        loss_png = _plot_loss(learner, workdir / "loss.png")
-        summary, paths = report(learner, cfg.thresh, workdir, log, seed=_is_seed_recipe(cfg))
-        export_model(workdir / "model", learner, cfg, summary)
+        _fit(learner, cfg, resume, log)
+        summary, paths = results.report(learner.get_preds(), dls, cfg.thresh, workdir, log,
+                                        seed=cfg.source == "pascal_2007" and cfg.arch == "resnet50",
+                                        training=(learner.history, learner.step_losses))
+        export_model(workdir / "model", {"params": learner.params, "batch_stats": learner.batch_stats},
+                     cfg, dls.vocab, summary)
     finally:
         learner.checkpoints.close()
         if writer is not None:
             writer.close()
     written = ["config.json", "vocab.json", "show_batch.png", "metrics.jsonl", "tb", "checkpoints"]
-    results.log_outputs(workdir, [*(workdir / n for n in written), loss_png, *paths, workdir / "model"], log)
+    results.log_outputs(workdir, [*(workdir / n for n in written), *paths, workdir / "model"], log)
     return summary
 
 
-def _is_seed_recipe(cfg: Config) -> bool:
-    return cfg.source == "pascal_2007" and cfg.arch == "resnet50"
-
-
-def _plot_loss(learner: Learner, path: Path) -> Path:
-    """loss.png: every step's training loss and each epoch's valid loss, phase starts marked."""
-    rows = learner.history
-    phase_starts = [prev["step"] for prev, row in zip(rows, rows[1:]) if row["phase"] != prev["phase"]]
-    if jax.process_index() == 0:
-        plots.plot_loss(learner.step_losses, [r["step"] for r in rows], [r["valid_loss"] for r in rows], path,
-                        phase_starts=phase_starts)
-    return path
-
-
-def report(learner: Learner, thresh: float, outdir: Path, log, seed: bool = False) -> tuple[dict, list[Path]]:
-    """The results stage over the learner's validation split: summary, table, pictures in `outdir`."""
-    probs, targs, mask, losses = learner.get_preds()
-    summary = results.summarize(probs, targs, mask, learner.dls.vocab, thresh)
-    probs, targs, keep, losses = (np.asarray(x) for x in jax.device_get((probs, targs, mask, losses)))
-    valid = learner.dls.items.subset(True)
-    table = results.predictions_table(valid["fname"], probs[keep], learner.dls.vocab, thresh, valid["labels"])
-    worst = np.argsort(-losses[keep], kind="stable")[:results.TOP_LOSSES]
-    shown = {"image": valid_images(learner.dls, worst), "target": targs[keep][worst],
-             "probs": probs[keep][worst], "loss": losses[keep][worst]}
-    paths = results.write_results(outdir, summary, table, learner.dls.vocab, shown)
-    log(results.summary_table(summary, seed=seed))
-    return summary, paths
-
-
-def valid_images(dls: DataLoaders, indices) -> np.ndarray:
-    """uint8 [len(indices), size, size, 3]: validation items `indices` (split order) as the model saw them."""
-    wanted = {int(i): k for k, i in enumerate(indices)}
-    out = np.zeros((len(wanted), dls.size, dls.size, 3), np.uint8)
-    start = 0
-    for batch in dataclasses.replace(dls, process_index=0, process_count=1).valid():
-        for j in range(int(np.sum(batch["mask"]))):
-            if start + j in wanted:
-                out[wanted[start + j]] = batch["image"][j]
-        start += len(batch["mask"])
-        if start > max(wanted, default=-1):
-            break
-    return out
-
-
-def export_model(path: Path, learner: Learner, cfg: Config, summary: dict) -> None:
-    """Save params, stats, config, vocab and the chosen thresholds as the run's final model."""
-    meta = {"config": json.loads(cfg.to_json()), "vocab": list(learner.dls.vocab), "thresh": cfg.thresh,
-            "best_thresh": summary["best_thresh"], "per_class_thresholds": summary["per_class_thresholds"]}
-    with Checkpoints(path, keep=1) as store:  # a new step: the previous export stays until this one is complete
-        store.save((store.latest_step() or 0) + 1, {"params": learner.params, "batch_stats": learner.batch_stats},
-                   meta)
-
-
-def load_model(workdir: str | Path):
-    """(model, variables, meta) of the final model exported in `workdir`."""
-    path = Path(workdir) / "model"
-    store = Checkpoints.existing(path)
-    if store is None:
-        raise PmlError(f"no trained model in {path}: run training with this --workdir first")
-    with store:
-        meta = store.read_meta()
-        cfg = Config(**meta["config"])
-        model, variables = _model(cfg, len(meta["vocab"]), None)
-        state, meta = store.restore({"params": variables["params"], "batch_stats": variables["batch_stats"]})
-    return model, state, meta
-
-
 def evaluate(workdir: str | Path, log: Callable[[str], None] = print) -> dict:
-    """Re-score the validation set with the exported model of `workdir`; writes into <workdir>/eval/."""
-    model, state, meta = load_model(workdir)
+    """Re-score the validation set with the exported model of `workdir`; writes into <workdir>/eval/ only."""
+    model, variables, meta = load_model(workdir)
     cfg = Config(**meta["config"])
     dls = data_loaders(cfg, load_items(cfg, log), log)
     if len(dls.items.subset(True)) == 0:
         raise PmlError(f"{dls.items.name}: the validation split is empty: nothing to evaluate")
+    preds = predict_batches(model, variables, dls.valid(), dtype=compute_dtype(cfg.dtype), progress="evaluating")
     outdir = Path(workdir) / "eval"
-    learner = Learner(model, state, dls, thresh=cfg.thresh, dtype=_dtype(cfg), seed=cfg.seed, log=log)
-    summary, paths = report(learner, cfg.thresh, outdir, log)
+    summary, paths = results.report(preds, dls, cfg.thresh, outdir, log)
     results.log_outputs(outdir, paths, log)
     return summary
 
@@ -287,7 +216,7 @@ def predict(workdir: str | Path, inputs: list[str], per_class: bool = False,
     Writes workdir/predict.csv; returns it as a DataFrame (fname, predicted, p_<class>...).
     """
     files = [str(p.absolute()) for p in image_files(inputs)]
-    model, state, meta = load_model(workdir)
+    model, variables, meta = load_model(workdir)
     cfg, vocab = Config(**meta["config"]), meta["vocab"]
     df = pd.DataFrame({"fname": files, "labels": "", "is_valid": True})
     items, report_ = check_images(LabelledImages(df, Path("/"), tuple(vocab), name="predict"), skip_bad=True,
@@ -297,8 +226,8 @@ def predict(workdir: str | Path, inputs: list[str], per_class: bool = False,
     for f in sorted(set(files) - set(items.df["fname"])):
         log(f"skipped unreadable image {f}")
     once = DataLoaders(items, size=cfg.size, batch_size=batch_size, seed=cfg.seed, cache="none")  # one pass
-    learner = Learner(model, state, once, dtype=_dtype(cfg), log=log)
-    probs, _, mask, _ = learner.get_preds()
+    probs, _, mask, _ = predict_batches(model, variables, once.valid(), dtype=compute_dtype(cfg.dtype),
+                                        progress="predicting")
     p = np.asarray(jax.device_get(probs))[np.asarray(jax.device_get(mask))]
     cut = np.array([meta["per_class_thresholds"][v] for v in vocab]) if per_class else meta["thresh"]
     out = results.predictions_table(items.df["fname"], p, vocab, cut)
@@ -317,8 +246,11 @@ def lr_find(cfg: Config, log: Callable[[str], None] = print) -> dict:
 
     Writes lr_find.png and lr_find.json (the curve, the suggestion and the config) into the workdir.
     """
-    dls = _checked_loaders(cfg, "lr_find", log)
-    learner = _learner(cfg, dls, log, checkpoints=False)
+    check_inputs(cfg)
+    dls = data_loaders(cfg, load_items(cfg, log), log)
+    log(header(cfg, dls, "lr_find"))
+    model, variables = build_model(cfg, len(dls.vocab), cfg.pretrained)
+    learner = _learner(cfg, dls, model, variables, log)
     result = learner.lr_find(frozen=cfg.schedule == "fine_tune")
     workdir = Path(cfg.workdir)
     if jax.process_index() == 0:

@@ -1,5 +1,6 @@
 """End to end through `run.py`'s main: train, evaluate, predict, lr_find, and user errors."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -39,19 +40,33 @@ def test_train_writes_every_output(trained):
     assert json.loads((workdir / "config.json").read_text())["head"] == "linear"  # the demo's head
 
 
+def run_files(workdir):
+    """(sha256 of the bytes, mtime) of every file of a training run (everything but eval/)."""
+    return {p: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in sorted(workdir.rglob("*"))
+            if p.is_file() and "eval" not in p.relative_to(workdir).parts}
+
+
 @pytest.mark.slow
-def test_evaluate_reproduces_the_validation_metrics(trained):
+def test_evaluate_writes_only_into_eval_and_reproduces_the_validation_metrics(trained, capsys):
     workdir, _ = trained
-    before = (workdir / "summary.json").read_text()
-    outputs = {p: p.stat().st_mtime_ns for p in workdir.iterdir() if p.is_file()}
+    before = run_files(workdir)
+    assert {"summary.json", "predictions.csv", "loss.png", "top_losses.png"} <= {p.name for p in before}
+    capsys.readouterr()
     assert main(["--mode", "evaluate", "--workdir", str(workdir)]) == 0
-    assert {p: p.stat().st_mtime_ns for p in workdir.iterdir() if p.is_file()} == outputs  # training's untouched
-    after = json.loads((workdir / "eval" / "summary.json").read_text())
+    assert run_files(workdir) == before  # the training run's files are untouched, bytes and times
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == (f"outputs in {workdir / 'eval'}: summary.json, predictions.csv, threshold_curve.png, "
+                           "per_class_ap.png, top_losses.png")
+    assert sorted(p.name for p in (workdir / "eval").iterdir()) == sorted(printed[-1].split(": ")[1].split(", "))
     for name in ("predictions.csv", "threshold_curve.png", "per_class_ap.png", "top_losses.png"):
         assert (workdir / "eval" / name).stat().st_size > 0, name
-    before = json.loads(before)
+    after = json.loads((workdir / "eval" / "summary.json").read_text())
+    trained_summary = json.loads((workdir / "summary.json").read_text())
     for key in ("n_valid", "accuracy_multi", "best_thresh", "best_accuracy", "mAP", "f1_micro"):
-        assert after[key] == pytest.approx(before[key], rel=1e-6, abs=1e-7), key
+        assert after[key] == pytest.approx(trained_summary[key], rel=1e-6, abs=1e-7), key
+    eval_table = pd.read_csv(workdir / "eval" / "predictions.csv", keep_default_na=False)
+    train_table = pd.read_csv(workdir / "predictions.csv", keep_default_na=False)
+    assert list(eval_table["fname"]) == list(train_table["fname"])
 
 
 @pytest.mark.slow

@@ -1,7 +1,10 @@
-"""Config validation and the presets."""
+"""Config validation, the presets and the flags built from the fields."""
+
+import dataclasses
 
 import pytest
 
+from pml_jax.choices import HEADS, SOURCES
 from pml_jax.cli import config_from, parser
 from pml_jax.config import Config, preset
 from pml_jax.errors import PmlError
@@ -39,3 +42,12 @@ def test_flags_override_the_preset_and_none_clears_weights():
 def test_unknown_preset_is_refused():
     with pytest.raises(PmlError, match="unknown preset"):
         preset("imagenet")
+
+
+def test_each_config_field_is_a_flag_with_the_fields_help_and_choices():
+    flags = {a.dest: a for a in parser()._actions}
+    for f in dataclasses.fields(Config):
+        flag = flags[f.name]
+        assert flag.help.startswith(f.metadata["help"]), f.name
+        assert flag.choices == f.metadata["choices"], f.name
+    assert flags["source"].choices == SOURCES and flags["head"].choices == HEADS

@@ -1,4 +1,5 @@
-"""The same global batch gives the same training on 1 device, 8 simulated devices and 2 processes."""
+"""The same global batch gives the same training on 1 device, 8 simulated devices and 2 processes,
+and a SIGTERM to one of 2 processes stops both at the same step, resuming to the same result."""
 
 import json
 import os
@@ -23,10 +24,26 @@ def run_worker(args, devices, tmp_path, name):
     return proc, out
 
 
-def finish(proc, out):
-    log, _ = proc.communicate(timeout=600)
+def finish(proc, out, timeout=600):
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        log, _ = proc.communicate()
+        pytest.fail(f"worker still running after {timeout}s (hung?):\n{log[-3000:]}")
     assert proc.returncode == 0, log[-3000:]
     return json.loads(out.read_text()) if out.exists() else None
+
+
+def run_pair(data, name, *args, timeout=300):
+    """Both processes of a 2-process loopback run; their results, in process order."""
+    port = str(free_port())
+    workers = [run_worker(["dist", str(pid), port, *args], 2, data, f"{name}{pid}") for pid in (0, 1)]
+    try:
+        return [finish(*w, timeout=timeout) for w in workers]
+    finally:
+        for proc, _ in workers:
+            proc.kill()
 
 
 @pytest.fixture
@@ -63,9 +80,25 @@ def free_port():
 
 @pytest.mark.slow
 def test_two_processes_match_one_device(data):
-    port = str(free_port())
-    workers = [run_worker(["dist", str(pid), port], 2, data, f"dist{pid}") for pid in (0, 1)]
-    results = [finish(*w) for w in workers]
+    results = run_pair(data, "dist")
     one = finish(*run_worker(["local", "1"], 1, data, "one"))
     assert results[0]["devices"] == 4
     assert_same_training(one, results[0])
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_one_step(data):
+    epochs, signal_at = "2", "1"  # batch 1 of 4 per epoch: the stop lands mid-epoch
+    whole = run_pair(data, "whole", str(data / "whole"), epochs, "-1")
+    stopped = run_pair(data, "stopped", str(data / "run"), epochs, signal_at)
+    assert stopped[0]["stopped"] == stopped[1]["stopped"] is not None  # same message, same step
+    saved = sorted(int(p.name) for p in (data / "run" / "checkpoints").iterdir() if p.name.isdigit())
+    steps_done = len(stopped[0]["step_losses"])
+    assert saved == [steps_done] and 0 < steps_done < len(whole[0]["step_losses"]) // 2
+    assert f"at step {steps_done}" in stopped[0]["stopped"]
+    resumed = run_pair(data, "resumed", str(data / "run"), epochs, "-1")
+    for got, want in zip(resumed, whole):
+        assert got["stopped"] is None
+        np.testing.assert_allclose(got["step_losses"], want["step_losses"], rtol=1e-6)
+        np.testing.assert_allclose(got["checksum"], want["checksum"], rtol=1e-6)
+        np.testing.assert_allclose(got["valid_loss"], want["valid_loss"], rtol=1e-6)

@@ -161,7 +161,7 @@ def test_create_model_builds_body_plus_head(model18):
     @jax.jit
     def run(v, x, key):
         logits = module.apply(v, x)
-        fmap = module.apply(v, x, method="features")
+        fmap = module.body.apply({col: v[col]["body"] for col in v}, x)  # the body alone: its feature map
         return logits, fmap, module.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": key})
 
     logits, fmap, (train_logits, updates) = run(variables, x, jax.random.key(0))

@@ -67,17 +67,28 @@ def sigterm_at(at):
     return hook
 
 
-def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(data_root, tmp_path):
-    full = make_learner(data_root, tmp_path / "full")
+@pytest.fixture(scope="module")
+def uninterrupted(data_root, tmp_path_factory):
+    """fine_tune(1, freeze_epochs=1) run to its end: the reference of the resume tests."""
+    full = make_learner(data_root, tmp_path_factory.mktemp("full"))
     full.fine_tune(1, base_lr=1e-2, freeze_epochs=1)
+    return full
 
+
+# SIGTERM while train batch spe + offset is read: at the frozen phase's last step, the stop comes
+# at the epoch's end, and its checkpoint (global step spe) ends the phase; mid unfrozen phase, it
+# comes right after that step.
+@pytest.mark.parametrize("offset, saved_at, frozen", [(-1, 0, True), (1, 2, False)],
+                         ids=["end_of_frozen_phase", "mid_unfrozen_phase"])
+def test_sigterm_then_resume_matches_uninterrupted(data_root, tmp_path, uninterrupted, offset, saved_at, frozen):
+    full = uninterrupted
     dls = tiny_dls(data_root)
     spe = dls.steps_per_epoch
-    at = spe + 1  # the second batch of the unfrozen phase
-    cut = make_learner(data_root, tmp_path / "cut", dls=Hooked(dls, sigterm_at(at)))
-    with pytest.raises(StopRequested):
+    cut = make_learner(data_root, tmp_path / "cut", dls=Hooked(dls, sigterm_at(spe + offset)))
+    with pytest.raises(StopRequested, match=f"at step {spe + saved_at}"):
         cut.fine_tune(1, base_lr=1e-2, freeze_epochs=1)
-    assert cut.checkpoints.read_meta()["step_in_phase"] == 2
+    assert cut.checkpoints.latest_step() == spe + saved_at  # the checkpoint id is the global step
+    assert cut.checkpoints.read_meta()["frozen"] is frozen
 
     again = make_learner(data_root, tmp_path / "cut")
     assert again.resume()
@@ -88,6 +99,20 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(data_root, tmp_path
         np.testing.assert_array_equal(a, b)
     assert [r["valid_loss"] for r in full.history] == [r["valid_loss"] for r in again.history]
     assert [r["train_loss"] for r in full.history] == [r["train_loss"] for r in again.history]
+    assert again.step_losses == full.step_losses
+    assert again.checkpoints.latest_step() == 2 * spe
+
+
+def test_resume_with_another_schedule_is_refused(data_root, tmp_path, uninterrupted):
+    spe = uninterrupted.dls.steps_per_epoch
+    learn = make_learner(data_root, tmp_path)
+    learn.checkpoints = uninterrupted.checkpoints  # its newest: global step 2 * spe, unfrozen
+    assert learn.resume()
+    with pytest.raises(PmlError, match=f"step {2 * spe} is outside this schedule of {spe} steps"):
+        learn.fit_one_cycle(1, 1e-2)
+    assert learn.resume()
+    with pytest.raises(PmlError, match="has the body unfrozen, this schedule has it frozen"):
+        learn.fit_one_cycle(3, 1e-2, frozen=True)
 
 
 def test_lr_find_leaves_the_model_untouched(data_root):
@@ -125,7 +150,7 @@ def test_epoch_rows_report_throughput_and_the_share_spent_waiting_for_input(data
     learn = make_learner(data_root, tmp_path, dls=Hooked(tiny_dls(data_root), slow))
     lines = []
     learn.log = lines.append
-    (row,) = learn.fit(1, 1e-3)
+    (row,) = learn.fit_one_cycle(1, 1e-3)
     steps = learn.dls.steps_per_epoch
     # lower bounds that hold however fast or slow the machine: time >= the training loop's seconds
     assert row["input_wait"] * row["time"] >= steps * delay * 0.99

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -14,7 +15,6 @@ from hypothesis.extra import numpy as hnp
 from pml_jax.errors import PmlError
 from pml_jax.metrics import (
     DEFAULT_THRESHOLDS,
-    MetricAccumulator,
     accuracy_multi,
     apply_thresholds,
     average_precision,
@@ -236,7 +236,6 @@ def test_per_class_thresholds_separable_classes():
         (lambda: per_class_thresholds(np.zeros((3, 2)), np.zeros((3, 2)), metric="f2"), "'f2'"),
         (lambda: apply_thresholds(np.zeros((3, 2)), np.zeros(3)), "(3,)"),
         (lambda: average_precision(np.zeros((3, 2, 1)), np.zeros((3, 2, 1))), "(3, 2, 1)"),
-        (lambda: MetricAccumulator().compute(), "no batch"),
     ],
 )
 def test_user_errors_name_the_value(call, needle):
@@ -248,9 +247,8 @@ def test_user_errors_name_the_value(call, needle):
 # ---------------------------------------------------------------- streaming
 
 
-def test_accumulator_gathers_on_device_and_ignores_padding(ref):
+def test_epoch_metrics_of_padded_batches_gathered_on_device_ignore_the_padding(ref):
     probs, targs = ref["random_probs"], ref["targs"]
-    acc = MetricAccumulator()
     batches = []
     for start in range(0, 64, 24):  # batches of 24 rows, the last one padded with garbage
         p, t = probs[start : start + 24], targs[start : start + 24]
@@ -258,10 +256,10 @@ def test_accumulator_gathers_on_device_and_ignores_padding(ref):
         p = np.concatenate([p, np.full((24 - len(p), 7), np.nan, np.float32)])
         t = np.concatenate([t, np.ones((24 - len(t), 7), np.float32)])
         batches.append(tuple(jax.device_put(a) for a in (p, t, m)))
-    with jax.transfer_guard_device_to_host("disallow"):
-        for b in batches:
-            acc.update(*b)
-    got = acc.compute(thresh=0.5)
+    with jax.transfer_guard_device_to_host("disallow"):  # gathered and scored without a host round-trip
+        gathered = [jnp.concatenate(column) for column in zip(*batches)]
+        on_device = epoch_metrics(*gathered, thresh=0.5)
+    got = jax.device_get(on_device)
     assert isinstance(got["mAP"], np.ndarray)
     want = epoch_metrics(probs, targs, thresh=0.5)
     for key in want:
@@ -270,9 +268,6 @@ def test_accumulator_gathers_on_device_and_ignores_padding(ref):
     np.testing.assert_allclose(got["ap"], average_precision(probs, targs), equal_nan=True, **TOL)
     curve = threshold_sweep(probs, targs, DEFAULT_THRESHOLDS)[0]
     np.testing.assert_allclose(got["sweep_accuracy"], curve, **TOL)
-    acc.reset()
-    with pytest.raises(PmlError):
-        acc.gathered()
 
 
 def test_usable_inside_a_callers_jit(ref):

@@ -1,5 +1,6 @@
 """The tf.data pipeline: batches, masks, order, determinism, sharding, decoding, errors, show_batch."""
 
+import dataclasses
 import io
 import subprocess
 import sys
@@ -10,6 +11,9 @@ import pytest
 from PIL import Image
 
 from pml_jax.data import pipeline
+from pml_jax.data.batch_plan import eval_steps, train_steps
+from pml_jax.data.decode import decode
+from pml_jax.data.header_sizes import HeaderSizes
 from pml_jax.data.dataset import LabelledImages
 from pml_jax.data.loaders import DataLoaders
 from pml_jax.data.show_batch import batch_titles, show_batch
@@ -61,7 +65,7 @@ def collect(batches):
 
 
 def test_eval_batches_keep_every_item_once_in_order_with_mask(solid):
-    assert pipeline.eval_steps(solid, 3) == 3
+    assert eval_steps(solid, 3) == 3
     batches = list(pipeline.eval_batches(solid, 16, 3))
     assert len(batches) == 3
     for b in batches:
@@ -87,7 +91,7 @@ def test_eval_images_are_pil_squish_then_centre_crop(tmp_path):
 
 
 def test_train_epoch_drops_remainder_and_sees_items_once(solid):
-    assert pipeline.train_steps(solid, 4) == 3
+    assert train_steps(solid, 4) == 3
     b = collect(list(pipeline.train_batches(solid, 24, 4, seed=0, epoch=0)))
     assert b["image"].shape == (3, 4, 24, 24, 3) and b["mask"].all()
     ids = ids_of(b["image"].reshape(-1, 24, 24, 3))
@@ -119,17 +123,19 @@ def test_train_crops_are_reproducible_and_change_with_epoch(noisy, fast_decode):
     assert not np.array_equal(epoch(4), a)
 
 
-def test_flip_mirrors_left_right():
-    rng = np.random.default_rng(0)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (30, 40, 3), np.uint8)).save(buf, "PNG")
-    u = np.random.default_rng(1).random(23)
-    keep, flip = u.copy(), u.copy()
-    keep[22], flip[22] = 0.9, 0.1
-    a = pipeline.train_image(buf.getvalue(), 16, keep, flip=True).numpy()
-    b = pipeline.train_image(buf.getvalue(), 16, flip, flip=True).numpy()
-    np.testing.assert_array_equal(b, a[:, ::-1])
-    np.testing.assert_array_equal(pipeline.train_image(buf.getvalue(), 16, flip).numpy(), a)
+@pytest.mark.parametrize("augment", ["host", "device"])
+def test_flip_mirrors_left_right(tmp_path, augment):
+    """One train image over 8 epochs: with flip each crop is the unflipped one or its mirror, both seen."""
+    items = make_items(tmp_path, 1, 1, image_fn=noise_image)
+
+    def crops(flip):
+        dls = DataLoaders(items, size=16, batch_size=1, seed=0, flip=flip, cache="none", augment=augment)
+        return [dls.finish(next(iter(dls.train(e))))["image"][0] for e in range(8)]
+
+    mirrored = [not np.array_equal(f, a) for f, a in zip(crops(True), crops(False))]
+    for f, a, m in zip(crops(True), crops(False), mirrored):
+        np.testing.assert_array_equal(f, a[:, ::-1] if m else a)
+    assert 0 < sum(mirrored) < 8
 
 
 @pytest.mark.parametrize("kind", ["train", "eval"])
@@ -198,7 +204,7 @@ def _cases():
 def test_decode_matches_pil_rgb(name):
     data = _cases()[name]
     want = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    got = pipeline.decode(data).numpy()
+    got = decode(data).numpy()
     assert got.dtype == np.uint8 and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
 
@@ -207,7 +213,7 @@ def test_decode_matches_pil_rgb(name):
 def test_decode_sixteen_bit_png_keeps_high_byte(channels):
     """PIL saturates 16-bit grayscale when converting to RGB (I;16 -> L clips); we scale instead."""
     data, want = _sixteen_bit_png(channels)
-    np.testing.assert_array_equal(pipeline.decode(data).numpy(), want)
+    np.testing.assert_array_equal(decode(data).numpy(), want)
 
 
 @pytest.mark.parametrize("damage", ["not an image", "truncated jpeg", "missing"])
@@ -240,9 +246,10 @@ def test_unreadable_train_headers_are_all_named_before_any_batch(tmp_path):
 def test_image_sizes_follow_file_changes(tmp_path):
     path = tmp_path / "a.jpg"
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(path)
-    assert pipeline._file_hw(str(path)) == (20, 30)
+    headers = HeaderSizes()
+    assert headers.of_file(str(path)) == (20, 30)
     Image.fromarray(np.zeros((41, 17, 3), np.uint8)).save(path)
-    assert pipeline._file_hw(str(path)) == (41, 17)
+    assert headers.of_file(str(path)) == (41, 17)
 
 
 def test_reader_source_gives_the_same_batches_as_files(tmp_path, solid):
@@ -270,10 +277,16 @@ def test_bad_settings_raise_pml_error(solid):
         pipeline.train_batches(solid, 8, 4, 0, 0, process_index=2, process_count=2)
 
 
-def test_importing_the_pipeline_does_not_import_tensorflow():
-    code = "import sys, pml_jax.data.pipeline, pml_jax.data.show_batch; print('tensorflow' in sys.modules)"
+def test_importing_the_data_package_does_not_import_tensorflow():
+    """Every module of pml_jax.data (pipeline, its parts, transforms, loaders, show_batch, sources)
+    imports TensorFlow only when a pipeline is built."""
+    code = ("import importlib, pkgutil, sys, pml_jax.data as d\n"
+            "names = [m.name for m in pkgutil.iter_modules(d.__path__)]\n"
+            "[importlib.import_module('pml_jax.data.' + n) for n in names]\n"
+            "print(len(names), 'tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    count, imported = out.stdout.split()
+    assert int(count) >= 20 and imported == "False"
 
 
 def test_batch_titles_join_labels_like_fastai():
@@ -294,23 +307,56 @@ def test_show_batch_writes_a_grid_png(tmp_path, solid):
         show_batch(batch, tmp_path / "c.png")
 
 
+def drawn_by_show_batch(dls, tmp_path, monkeypatch):
+    """The images show_batch(dls) puts in its 2 x 2 grid."""
+    from pml_jax.data import show_batch as module
+
+    drawn = {}
+    monkeypatch.setattr(module, "plot_image_grid", lambda images, *a, **k: drawn.setdefault("images", images))
+    show_batch(dls, tmp_path / "grid.png", nrows=2, ncols=2)
+    return drawn["images"]
+
+
+def first_train_images(dls):
+    return dls.finish(next(iter(dls.train(0))))["image"]
+
+
+@pytest.fixture
+def large(tmp_path):
+    """JPEGs large enough that a 32 px crop decodes at a reduced scale with fast_decode."""
+    from pml_jax.data.synthetic import synthetic
+
+    return synthetic(root=tmp_path / "set", n_images=24, min_side=200, max_side=260)
+
+
 @pytest.mark.parametrize("settings,change", [
     ({"fast_decode": False, "cache": "none", "augment": "host"}, {"fast_decode": True}),
     ({"fast_decode": True, "cache": "none", "augment": "host"}, {"fast_decode": False}),
     ({"augment": "device"}, {"augment": "host"}),
 ])
-def test_show_batch_shows_the_training_pixels_of_its_loaders(tmp_path, monkeypatch, settings, change):
-    """show_batch draws the crops its loaders train on: exact or fast decoding (the fastbook preset
-    turns fast_decode off), resized on the device or on the host."""
-    from pml_jax.data import show_batch as module
-    from pml_jax.data.synthetic import synthetic
+def test_show_batch_shows_the_training_pixels_of_its_loaders(tmp_path, monkeypatch, large, settings, change):
+    """show_batch draws the crops its loaders train on: exact or fast decoding, resized on the
+    device or on the host."""
+    drawn = drawn_by_show_batch(DataLoaders(large, size=32, batch_size=8, seed=3, **settings), tmp_path,
+                                monkeypatch)
+    other = DataLoaders(large, size=32, batch_size=4, seed=3, **{**settings, **change})
+    same = DataLoaders(large, size=32, batch_size=4, seed=3, **settings)
+    np.testing.assert_array_equal(drawn, first_train_images(same))
+    assert not np.array_equal(drawn, first_train_images(other))
 
-    items = synthetic(root=tmp_path / "set", n_images=24, min_side=200, max_side=260)
-    dls = DataLoaders(items, size=32, batch_size=8, seed=3, **settings)
-    drawn = {}
-    monkeypatch.setattr(module, "plot_image_grid", lambda images, *a, **k: drawn.setdefault("images", images))
-    show_batch(dls, tmp_path / "grid.png", nrows=2, ncols=2)
-    other = DataLoaders(items, size=32, batch_size=4, seed=3, **{**settings, **change})
-    same = DataLoaders(items, size=32, batch_size=4, seed=3, **settings)
-    np.testing.assert_array_equal(drawn["images"], same.finish(next(iter(same.train(0))))["image"])
-    assert not np.array_equal(drawn["images"], other.finish(next(iter(other.train(0))))["image"])
+
+def test_show_batch_of_the_fastbook_preset_draws_the_exact_decode(tmp_path, monkeypatch, large):
+    """The fastbook preset's loaders (here without a cache, Pillow resizing on the host) show
+    fastai's pixels: the crops cut from full decodes (the cache's path), not the reduced-scale
+    JPEG decode."""
+    from pml_jax.config import preset
+    from pml_jax.workflow import data_loaders
+
+    cfg = preset("fastbook", size=32, batch_size=4, cache="none", augment="host")
+    dls = data_loaders(cfg, large, log=lambda line: None)
+    drawn = drawn_by_show_batch(dls, tmp_path, monkeypatch)
+    from_full_decodes = DataLoaders(large, size=32, batch_size=4, seed=cfg.seed, min_scale=cfg.min_scale,
+                                    flip=cfg.flip, cache="ram", augment="host")
+    np.testing.assert_array_equal(drawn, first_train_images(from_full_decodes))
+    fast = dataclasses.replace(dls, fast_decode=True)
+    assert not np.array_equal(drawn, first_train_images(fast))

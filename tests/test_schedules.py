@@ -1,5 +1,8 @@
-"""Schedules (one-cycle, fine_tune, fit, lr_find) and lr_find suggestions against fastai 2.8."""
+"""Schedules (one-cycle, fine_tune, lr_find), step numbering, the smoothed loss and lr_find's
+suggestions against fastai 2.8."""
 
+import dataclasses
+import json
 import pathlib
 
 import numpy as np
@@ -9,12 +12,15 @@ from hypothesis import strategies as st
 
 from pml_jax.errors import PmlError
 from pml_jax.train.schedules import (
+    Phase,
+    SmoothLoss,
     fine_tune_plan,
-    fit_schedule,
+    locate_step,
     lr_find_schedule,
     lr_find_should_stop,
     lr_find_suggestion,
     one_cycle,
+    phase_starts,
     smooth_losses,
 )
 
@@ -81,10 +87,13 @@ def test_one_cycle_edge_cases():
         one_cycle(4, 1e-3, pct_start=1.5)
 
 
-def test_fit_schedule_is_constant():
-    lrs, moms = fit_schedule(3, slice(1e-3))
-    np.testing.assert_array_equal(lrs, [[1e-4, 1e-4, 1e-3]] * 3)
-    np.testing.assert_array_equal(moms, [0.9] * 3)
+def test_global_steps_locate_their_phase_and_a_phase_end_starts_the_next():
+    plan = [Phase(True, 2, 3, *one_cycle(6, 1e-3)), Phase(False, 0, 3, *one_cycle(0, 1e-3)),
+            Phase(False, 1, 3, *one_cycle(3, 1e-3))]
+    assert phase_starts(plan) == [0, 6, 6, 9]
+    assert [locate_step(plan, s) for s in (0, 5, 6, 8, 9)] == [(0, 0), (0, 5), (2, 0), (2, 2), (3, 0)]
+    with pytest.raises(PmlError, match="step 10 is outside this schedule of 9 steps"):
+        locate_step(plan, 10)
 
 
 def test_lr_find_schedule():
@@ -98,12 +107,12 @@ def test_lr_find_schedule():
 
 
 def simulate_lr_find(raw, num_it, start_lr, end_lr):
-    """Our loop as the learner will run it: record, smooth, stop."""
-    lrs = lr_find_schedule(start_lr, end_lr, num_it)
-    for k in range(1, len(lrs) + 1):
-        smoothed = smooth_losses(raw[:k])
+    """Our loop as the learner runs it: record, smooth, stop."""
+    lrs, smoother, smoothed = lr_find_schedule(start_lr, end_lr, num_it), SmoothLoss(), []
+    for k, loss in enumerate(raw[: len(lrs)], start=1):
+        smoothed.append(smoother.add(loss))
         if lr_find_should_stop(smoothed, num_it):
-            return lrs[:k], smoothed
+            return lrs[:k], np.array(smoothed)
     raise AssertionError("lr_find never stopped")
 
 
@@ -129,6 +138,17 @@ def test_lr_find_matches_fastai(case):
 def test_smooth_losses_is_debiased_ema():
     np.testing.assert_allclose(smooth_losses([2.0, 2.0, 2.0]), [2.0, 2.0, 2.0])
     np.testing.assert_allclose(smooth_losses([1.0, 3.0], beta=0.5), [1.0, (0.5 * 0.5 + 0.5 * 3.0) / 0.75])
+
+
+def test_smooth_loss_continues_exactly_from_its_json_state():
+    losses = np.random.default_rng(0).random(50) * 3
+    assert np.isnan(SmoothLoss().value)
+    first = SmoothLoss()
+    for loss in losses[:17]:
+        first.add(loss)
+    saved = json.loads(json.dumps(dataclasses.asdict(first)))  # as a checkpoint's meta keeps it
+    resumed = SmoothLoss(**saved)
+    np.testing.assert_array_equal([resumed.add(loss) for loss in losses[17:]], smooth_losses(losses)[17:])
 
 
 def test_should_stop_rule():

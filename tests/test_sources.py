@@ -1,5 +1,6 @@
 """Data sources: from_csv, pascal_2007 (download from a local server), VOCdevkit, tfds voc/2007, dispatcher."""
 
+import dataclasses
 import hashlib
 import io
 import tarfile
@@ -14,8 +15,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from pml_jax.config import Config
 from pml_jax.data import sources
-from pml_jax.data.sources import from_csv, load_source, pascal_2007, tfds_voc, voc
+from pml_jax.data.sources import from_csv, load_source, pascal_2007, synthetic, tfds_voc, voc
 from pml_jax.data.tables import parse_is_valid, random_split
 from pml_jax.data.voc import VOC_CLASSES
 from pml_jax.errors import PmlError
@@ -498,7 +500,10 @@ def test_tfds_voc_matches_the_devkit_and_reads_undecoded_jpegs(devkit, tmp_path)
 def test_load_source_dispatches_and_names_valid_sources(tmp_path):
     df = pd.DataFrame({"fname": ["a.jpg"], "labels": ["x"], "is_valid": [False]})
     assert load_source("csv", csv_or_df=df, image_root=tmp_path).vocab == ("x",)
-    assert set(sources.SOURCES) == {"pascal_2007", "voc", "tfds", "csv", "synthetic"}
+    assert sources.SOURCES == {"pascal_2007": pascal_2007, "voc": voc, "tfds": tfds_voc, "csv": from_csv,
+                               "synthetic": synthetic}
+    config_choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(Config)}
+    assert tuple(sources.SOURCES) == config_choices["source"]  # the flag offers exactly the loaders there are
     with pytest.raises(PmlError, match=r"unknown data source 'coco'.*\['csv', 'pascal_2007', 'synthetic', 'tfds', 'voc'\]"):
         load_source("coco")
     with pytest.raises(PmlError, match="'voc'.*bogus"):

@@ -13,10 +13,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pml_jax.data import pipeline, transforms as T
+from pml_jax.data import transforms as T
+from pml_jax.data.decode import crop_resize, valid_image
+from pml_jax.data.header_sizes import header_hw
+from pml_jax.data.tf_cpu import import_tf
 
-tf = T.tf
+tf = import_tf()
 FIX = "transforms"
+
+
+def train_crop(data, size, uniforms, min_scale, fast_decode):
+    """One train crop as `pipeline.train_batches` makes it, for given uniforms: fastai's window
+    from the header's size, then `crop_resize` (exact, or with the reduced-scale JPEG plan)."""
+    data = data.numpy() if hasattr(data, "numpy") else data
+    h, w = header_hw(data)
+    window = tf.stack(T.crop_window(h, w, uniforms, min_scale))
+    plan = T.reduced_jpeg_plan(h, w, window, size) if fast_decode else None
+    return crop_resize(data, tf.constant([h, w]), window, size, plan=plan).numpy()
 
 
 
@@ -150,9 +163,9 @@ def test_train_and_valid_images_against_real_fastai(fixtures_dir):
     n = 0
     for key, kind, data, size, want, u in _fixture_images(fixtures_dir):
         if kind == "train":
-            got = pipeline.train_image(data, size, tf.constant(u), 0.35, fast_decode=False).numpy()
+            got = train_crop(data, size, u, 0.35, fast_decode=False)
         else:
-            got = pipeline.valid_image(data, size).numpy()
+            got = valid_image(data, size).numpy()
         assert got.shape == want.shape == (size, size, 3), key
         np.testing.assert_array_equal(got, want, err_msg=key)
         n += 1
@@ -180,8 +193,8 @@ def test_cropped_jpeg_decode_equals_full_decode(subsampling, progressive):
     Image.fromarray(decoded).save(png, "PNG")
     u = tf.random.stateless_uniform([12, T.N_UNIFORMS], seed=[5, subsampling], dtype=tf.float64)
     for i in range(12):
-        a = pipeline.train_image(tf.constant(buf.getvalue()), 48, u[i], 0.08, fast_decode=False).numpy()
-        b = pipeline.train_image(tf.constant(png.getvalue()), 48, u[i], 0.08, fast_decode=False).numpy()
+        a = train_crop(buf.getvalue(), 48, u[i], 0.08, fast_decode=False)
+        b = train_crop(png.getvalue(), 48, u[i], 0.08, fast_decode=False)
         np.testing.assert_array_equal(a, b)
 
 
@@ -221,10 +234,10 @@ def test_fast_decode_is_close_to_real_fastai(fixtures_dir):
     mads = []
     for key, kind, data, size, want, u in _fixture_images(fixtures_dir):
         if kind == "train":
-            got = pipeline.train_image(data, size, tf.constant(u), 0.35, fast_decode=True).numpy()
+            got = train_crop(data, size, u, 0.35, fast_decode=True)
             mad = np.abs(got.astype(float) - want).mean()
-            hw = pipeline.image_hw(data)
-            k, _, _ = T.reduced_jpeg_plan(hw[0], hw[1], tf.stack(T.crop_window(hw[0], hw[1], u)), size)
+            h, w = header_hw(data.numpy())
+            k, _, _ = T.reduced_jpeg_plan(h, w, tf.stack(T.crop_window(h, w, u, 0.35)), size)
             assert mad < (3.0 if k > 0 else 0.5), key
             mads.append(mad)
     assert len(mads) == 16 and 0 < max(mads)
@@ -240,9 +253,9 @@ def test_fast_decode_keeps_the_crop_geometry():
     data = tf.constant(buf.getvalue())
     u = np.random.default_rng(2).random((6, T.N_UNIFORMS))
     for row in u:
-        exact = pipeline.train_image(data, 64, row, 0.35, fast_decode=False).numpy().astype(float)
-        fast = pipeline.train_image(data, 64, row, 0.35, fast_decode=True).numpy().astype(float)
-        top, left, ch, cw = (int(v) for v in T.crop_window(375, 500, row))
+        exact = train_crop(data, 64, row, 0.35, fast_decode=False).astype(float)
+        fast = train_crop(data, 64, row, 0.35, fast_decode=True).astype(float)
+        top, left, ch, cw = (int(v) for v in T.crop_window(375, 500, row, 0.35))
         shifted = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB").crop(
             (left + 1, top, left + 1 + cw, top + ch)).resize((64, 64), Image.BILINEAR)).astype(float)
         mad = np.abs(fast - exact).mean()

@@ -129,7 +129,7 @@ def test_files_safetensors_npz_and_converter(sd18, st18, tmp_path, capsys):
     back = tmp_path / "back.safetensors"
     assert weights.main(["convert", str(npz), str(back)]) == 0
     assert load_state_dict(back).keys() == sd18.keys()
-    assert weights.main(["convert", str(npz), str(tmp_path / "x.bin")]) == 1
+    assert weights.main(["convert", str(npz), str(tmp_path / "x.bin")]) == 2
     assert "must end in .safetensors or .npz" in capsys.readouterr().err
     assert weights.main(["nonsense"]) == 2
 

@@ -5,6 +5,8 @@ first need them (else `none`: decode every epoch, as before); `ram` always keeps
 never changes what an epoch contains: the train images are the exact decodes the per-epoch path
 crops from, filled in the order this process first needs them (so epoch 1 decodes each image
 once, while it trains), and the validation batches are recorded the first time they are made.
+The same ImageCache keeps, whatever the decision, what the pipeline learns of the images: file
+header sizes (pml_jax.data.header_sizes) and a reader's encoded bytes (pml_jax.data.splits).
 No TensorFlow here: the pipeline hands in the decoding stream.
 """
 
@@ -18,6 +20,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from pml_jax.choices import CACHE_MODES
+from pml_jax.data.header_sizes import HeaderSizes
 from pml_jax.errors import PmlError
 
 MEMORY_SHARE = 0.5  # of the available memory that `--cache auto` may fill
@@ -142,15 +145,25 @@ class DecodedImages:
 
 
 class ImageCache:
-    """What the loaders of one LabelledImages keep: the decision, the decoded train images (per
-    split) and the recorded validation batches (per size, batch size and process slice)."""
+    """What the loaders of one LabelledImages keep: the decision; what is known of its images
+    whatever the decision (file header sizes, a reader's encoded bytes); and, when the decision
+    keeps images, the decoded train images (per split) and the recorded validation batches (per
+    size, batch size and process slice)."""
 
     def __init__(self, items):
         self.items = items
         self.decision: CacheDecision | None = None
+        self.headers = HeaderSizes()
         self._decoded: dict[bool, DecodedImages] = {}
         self._sizes: dict[bool, np.ndarray] = {}
+        self._encoded: dict[bool, tuple[list[bytes], np.ndarray]] = {}
         self.eval_batches: dict[tuple, list[dict]] = {}
+
+    def encoded(self, is_valid: bool, read: Callable[[], tuple[list[bytes], np.ndarray]]):
+        """A reader-backed split's (encoded images, float32 [N, C] targets): `read()` once, then kept."""
+        if is_valid not in self._encoded:
+            self._encoded[is_valid] = read()
+        return self._encoded[is_valid]
 
     def sizes(self, is_valid: bool, read: Callable[[], np.ndarray]) -> np.ndarray:
         """int32 [N, 2] (height, width) of a split's images: `read()` once, then kept (the decoded

@@ -1,7 +1,7 @@
 """Resize a batch of crop windows on the device: Pillow's BILINEAR as two matrix products, in jax.
 
 The host cuts each train crop window out of its decoded image (shrunk by an integer box filter
-when it is much larger than needed, see pml_jax.data.cache) and pads it into a fixed buffer;
+when it is much larger than needed, see pml_jax.data.host_crops) and pads it into a fixed buffer;
 `resize_crops` turns the whole buffer batch into `size` x `size` images inside jit. Pure jax (no
 TensorFlow): it runs wherever the train step runs.
 
@@ -22,7 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-CROP_KEYS = ("hw", "box_hw", "flip")  # what a device-crop batch carries besides image/target/mask
+from pml_jax.data.host_crops import CROP_KEYS
 
 
 def bilinear_weights(true_size, box_size, out_size: int, buffer_size: int) -> jax.Array:

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 BUFFER_SCALE = 3
+CROP_KEYS = ("hw", "box_hw", "flip")  # what a crop-buffer batch carries besides image/target/mask
 
 
 def buffer_hw(size: int, max_hw) -> tuple[int, int]:

@@ -8,8 +8,9 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from pml_jax.choices import AUGMENT_MODES, CACHE_MODES
+from pml_jax.choices import AUGMENT_MODES, CACHE_MODES, FAST_DECODE, MIN_SCALE
 from pml_jax.data import pipeline
+from pml_jax.data.batch_plan import eval_steps, train_steps
 from pml_jax.data.cache import CacheDecision, ImageCache, decide
 from pml_jax.data.dataset import LabelledImages
 from pml_jax.data.device_crops import finish_batch
@@ -24,9 +25,9 @@ class DataLoaders:
     size: int
     batch_size: int
     seed: int = 0
-    min_scale: float = 0.35
+    min_scale: float = MIN_SCALE
     flip: bool = False
-    fast_decode: bool = True  # train JPEGs decoded at a reduced DCT scale when the crop allows (see pipeline)
+    fast_decode: bool = FAST_DECODE  # train JPEGs at a reduced DCT scale when the crop allows (pml_jax.choices)
     process_index: int | None = None
     process_count: int | None = None
     cache: str = CACHE_MODES[0]  # auto: decoded images kept in RAM if they fit (pml_jax.data.cache)
@@ -47,7 +48,7 @@ class DataLoaders:
     @property
     def steps_per_epoch(self) -> int:
         """Train batches per epoch (the last partial batch is dropped, as fastai does)."""
-        return pipeline.train_steps(self.items, self.batch_size)
+        return train_steps(self.items, self.batch_size)
 
     def check_fit(self) -> None:
         """PmlError unless the train split fills one batch and the validation split has an item."""
@@ -71,8 +72,8 @@ class DataLoaders:
     def cache_bytes(self) -> int:
         """Bytes the cache holds when full: the decoded train images (from their headers) and the
         resized validation batches."""
-        hw = self.store.sizes(False, lambda: pipeline.image_sizes(self.items, False)).astype(np.int64)
-        n_valid = pipeline.eval_steps(self.items, self.batch_size) * self.batch_size
+        hw = pipeline.image_sizes(self.items, False, self.store).astype(np.int64)
+        n_valid = eval_steps(self.items, self.batch_size) * self.batch_size
         return int((hw[:, 0] * hw[:, 1]).sum() * 3 + n_valid * self.size * self.size * 3)
 
     def cache_decision(self) -> CacheDecision:
@@ -81,16 +82,13 @@ class DataLoaders:
             self.store.decision = decide(self.cache, 0 if self.cache == "none" else self.cache_bytes())
         return self.store.decision
 
-    def _cache(self) -> ImageCache | None:
-        return self.store if self.cache_decision().use else None
-
     def train(self, epoch: int, start_step: int = 0) -> Iterator[dict]:
         """Epoch `epoch`'s shuffled, augmented batches from batch `start_step` on (for resuming);
         with augment on the device, crop buffers that `finish` turns into images."""
         return pipeline.train_batches(
             self.items, self.size, self.batch_size, self.seed, epoch, start_step=start_step,
             min_scale=self.min_scale, flip=self.flip, fast_decode=self.fast_decode,
-            augment=self.augment_on, cache=self._cache(),
+            augment=self.augment_on, cache=self.cache_decision().use, store=self.store,
             process_index=self.process_index, process_count=self.process_count)
 
     def finish(self, batch: dict) -> dict:
@@ -98,8 +96,8 @@ class DataLoaders:
         uint8 [B, size, size, 3] by one jitted function where the batch lives; others unchanged."""
         return finish_batch(batch, self.size) if "box_hw" in batch else batch
 
-    def valid(self, is_valid: bool = True) -> Iterator[dict]:
-        """Every item of the validation (or train) split once, padded batches with a mask."""
+    def valid(self) -> Iterator[dict]:
+        """Every item of the validation split once, in padded batches with a mask."""
         return pipeline.eval_batches(
-            self.items, self.size, self.batch_size, is_valid, cache=self._cache(),
+            self.items, self.size, self.batch_size, cache=self.cache_decision().use, store=self.store,
             process_index=self.process_index, process_count=self.process_count)

@@ -1,9 +1,10 @@
-"""Every data source behind one name: `load_source('pascal_2007' | 'voc' | 'tfds' | 'csv' | 'synthetic', ...)`."""
+"""Every data source behind one name: `load_source(name, ...)`, a name of `pml_jax.choices.SOURCES`."""
 
 from __future__ import annotations
 
 import inspect
 
+from pml_jax import choices
 from pml_jax.data.dataset import LabelledImages
 from pml_jax.data.pascal import pascal_2007
 from pml_jax.data.synthetic import synthetic
@@ -12,13 +13,8 @@ from pml_jax.data.tfds_voc import tfds_voc
 from pml_jax.data.voc import voc
 from pml_jax.errors import PmlError
 
-SOURCES = {
-    "pascal_2007": pascal_2007,
-    "voc": voc,
-    "tfds": tfds_voc,
-    "csv": from_csv,
-    "synthetic": synthetic,
-}
+# name (pml_jax.choices.SOURCES, in its order) -> the loader it calls
+SOURCES = dict(zip(choices.SOURCES, (synthetic, pascal_2007, voc, tfds_voc, from_csv), strict=True))
 
 __all__ = ["SOURCES", "load_source", "pascal_2007", "voc", "tfds_voc", "from_csv", "synthetic"]
 

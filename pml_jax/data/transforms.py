@@ -14,6 +14,7 @@ Randomness enters only as uniforms in [0, 1) (`N_UNIFORMS` per image, float64): 
 (randint(a, b) = a + floor(u·(b-a+1))), column 22 the optional flip.
 
 The resize is Pillow's own BILINEAR through tf.numpy_function: the exact bits fastai gets.
+TensorFlow is imported when a function here is first called, not with the module.
 
 Reduced-scale JPEG decoding (`reduced_jpeg_plan`, the pipeline's `fast_decode`): libjpeg's IDCT
 scaling decodes at 1/r of the resolution (r in JPEG_RATIOS) for little more than the entropy
@@ -30,10 +31,11 @@ costs as much CPU as Pillow through numpy_function; emulating Pillow's two round
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 from PIL import Image
+
+from pml_jax.data.tf_cpu import import_tf
 
 N_TRIES = 10
 JPEG_RATIOS = (1, 2, 4, 8)  # libjpeg's DCT scalings 1/r that TF's decode_jpeg exposes
@@ -41,45 +43,20 @@ N_UNIFORMS = 2 * N_TRIES + 3
 RATIO = (3 / 4, 4 / 3)
 VAL_XTRA = 0.14
 
-_GPU_HIDDEN = False
-
-
-# TF only decodes and crops here: its oneDNN float kernels are not needed, and their start-up
-# notice is noise in every run's output.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def import_tf():
-    """TensorFlow for input pipelines only: GPUs/TPUs hidden from it so JAX owns the accelerators."""
-    global _GPU_HIDDEN
-    import tensorflow as tf
-
-    if not _GPU_HIDDEN:
-        for kind in ("GPU", "TPU"):
-            try:
-                tf.config.set_visible_devices([], kind)
-            except (RuntimeError, ValueError):  # already initialised, or no such device type
-                pass
-        _GPU_HIDDEN = True
-    return tf
-
-
-tf = import_tf()
-
 
 def val_resize_size(size: int, val_xtra: float = VAL_XTRA) -> int:
     """Side (px) fastai squishes a validation image to before the centre crop: 128 -> 152."""
     return size + math.ceil(size * val_xtra / 8) * 8
 
 
-def crop_window(height, width, uniforms, min_scale: float = 0.35, max_scale: float = 1.0,
+def crop_window(height, width, uniforms, min_scale: float, max_scale: float = 1.0,
                 ratio: tuple[float, float] = RATIO):
     """fastai's train crop for images of `height` x `width` px.
 
     height, width: int tensors of shape [...]; uniforms: float64 [..., N_UNIFORMS] in [0, 1).
     Returns int32 (top, left, crop_height, crop_width), each of shape [...].
     """
+    tf = import_tf()
     h = tf.cast(height, tf.float64)
     w = tf.cast(width, tf.float64)
     u = tf.convert_to_tensor(uniforms, tf.float64)
@@ -119,6 +96,7 @@ def reduced_jpeg_plan(height, width, window, size: int):
     ceil(width/r) image, the crop's box in that decoded window's pixel coordinates as float32
     [..., 4] (left, top, right, bottom), Pillow's `box` order).
     """
+    tf = import_tf()
     window = tf.convert_to_tensor(window, tf.int32)
     top, left, ch, cw = tf.unstack(window, axis=-1)
     h, w = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
@@ -148,6 +126,7 @@ def pil_resize(image, out_h: int, out_w: int, box=None):
     Pillow itself, called from the graph (it releases the GIL while resampling, so tf.data's
     parallel map still uses every core).
     """
+    tf = import_tf()
     if box is None:
         shape = tf.cast(tf.shape(image), tf.float32)
         box = tf.stack([0.0, 0.0, shape[1], shape[0]])

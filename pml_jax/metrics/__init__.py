@@ -9,7 +9,7 @@ from pml_jax.metrics.ranking import (
     mean_average_precision,
     voc07_average_precision,
 )
-from pml_jax.metrics.stream import MetricAccumulator, epoch_metrics
+from pml_jax.metrics.stream import epoch_metrics
 from pml_jax.metrics.sweep import (
     DEFAULT_THRESHOLDS,
     apply_thresholds,
@@ -19,7 +19,6 @@ from pml_jax.metrics.sweep import (
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
-    "MetricAccumulator",
     "accuracy_multi",
     "apply_thresholds",
     "average_precision",

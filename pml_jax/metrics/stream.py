@@ -1,7 +1,7 @@
-"""Epoch-level evaluation: gather per-batch device arrays, compute every metric once.
+"""Epoch-level evaluation: every metric of a validation set in one jitted program.
 
-Batches stay on device (a list of arrays, concatenated once per epoch), so the eval loop
-never waits on a host round-trip per batch; one device_get fetches the summary at the end.
+The predictions come gathered on device (pml_jax.train.inference.predict_batches), so the eval
+loop never waits on a host round-trip per batch; one device_get fetches the summary at the end.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pml_jax.errors import PmlError
 from pml_jax.metrics._inputs import scores_and_targets, threshold_grid
 from pml_jax.metrics.classification import accuracy, counts_from_bools, hamming, prf, row_weights
 from pml_jax.metrics.ranking import nanmean, per_class_ap
@@ -46,42 +45,3 @@ def epoch_metrics(probs, targs, mask=None, thresh=0.5, thresholds=DEFAULT_THRESH
     probs, targs, mask = scores_and_targets(probs, targs, mask, where="epoch_metrics")
     thresholds = threshold_grid(thresholds, where="epoch_metrics")
     return _summary(probs, targs, mask, jnp.float32(thresh), thresholds)
-
-
-class MetricAccumulator:
-    """Collects (probs [B, C], targets [B, C], mask [B]) batches on device for one epoch.
-
-    update() only appends references to device arrays (no transfer, no sync); compute()
-    concatenates once, evaluates epoch_metrics over the rows whose mask is True and fetches
-    the result to host as NumPy values. Batches must share C; B may vary.
-    """
-
-    def __init__(self):
-        self._batches: list[tuple[jax.Array, jax.Array, jax.Array]] = []
-
-    def reset(self) -> None:
-        """Forget all gathered batches (start of an epoch)."""
-        self._batches = []
-
-    def update(self, probs, targs, mask=None) -> None:
-        """Add one batch; mask None counts every row."""
-        probs, targs, mask = scores_and_targets(probs, targs, mask, where="MetricAccumulator.update")
-        if mask is None:
-            mask = jnp.ones((probs.shape[0],), bool)
-        if self._batches and probs.shape[1] != self._batches[0][0].shape[1]:
-            raise PmlError(
-                f"MetricAccumulator.update: batch has {probs.shape[1]} classes, "
-                f"earlier batches have {self._batches[0][0].shape[1]}"
-            )
-        self._batches.append((probs, targs, mask))
-
-    def gathered(self):
-        """(probs [N, C], targets [N, C], mask [N]) of every batch so far, on device."""
-        if not self._batches:
-            raise PmlError("MetricAccumulator: no batch was added before compute()")
-        return tuple(jnp.concatenate(parts) for parts in zip(*self._batches))
-
-    def compute(self, thresh=0.5, thresholds=DEFAULT_THRESHOLDS) -> dict:
-        """epoch_metrics of everything gathered, fetched to host in one transfer (NumPy values)."""
-        probs, targs, mask = self.gathered()
-        return jax.device_get(epoch_metrics(probs, targs, mask, thresh, thresholds))

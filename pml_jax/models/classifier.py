@@ -8,8 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pml_jax.errors import PmlError
 from pml_jax.choices import HEADS
+from pml_jax.errors import PmlError
 from pml_jax.models.head import LinearHead, create_head
 from pml_jax.models.resnet import ResNet, init_variables, num_features, resnet
 from pml_jax.models.weights import pretrained_variables
@@ -28,10 +28,6 @@ class Classifier(nn.Module):
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         return self.head(self.body(x, train), train)
-
-    def features(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """The body's feature map [B, ceil(H/32), ceil(W/32), nf]; pool it with `head.concat_pool`."""
-        return self.body(x, train)
 
 
 def create_model(

@@ -201,7 +201,7 @@ def convert(src: str | Path, dst: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: `convert IN OUT`; prints errors on one line and returns 1."""
+    """CLI: `convert IN OUT`; bad input gets one `error:` line and status 2."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 3 or argv[0] != "convert":
         print("usage: python -m pml_jax.models.weights convert in.pth out.safetensors", file=sys.stderr)
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         print(convert(argv[1], argv[2]))
     except PmlError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

@@ -1,33 +1,35 @@
 """The Learner: fastai's fit_one_cycle / fine_tune / lr_find loop around the jitted steps.
 
-One global step counter, one checkpoint per epoch (and on SIGINT/SIGTERM), and a run that
-resumes from a checkpoint replays exactly what an uninterrupted run would have done.
+One global step counter (it names the checkpoints too), one checkpoint per epoch (and on
+SIGINT/SIGTERM), and a run that resumes from a checkpoint replays exactly what an uninterrupted
+run would have done.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from tqdm.auto import tqdm
 
 from pml_jax.errors import PmlError
-from pml_jax.metrics import MetricAccumulator, epoch_metrics
+from pml_jax.metrics import epoch_metrics
 from pml_jax.train.checkpoint import Checkpoints
-from pml_jax.train.groups import N_GROUPS, decay_mask, param_groups, split_trainable, trainable_mask
-from pml_jax.train.interrupt import SignalFlag, StopRequested
+from pml_jax.train.groups import N_GROUPS
+from pml_jax.train.interrupt import StopRequested, StopSignal
 from pml_jax.train.mesh import check_batch_size, make_mesh, replicate, shard_batch
-from pml_jax.train.optim import fastai_adam
-from pml_jax.train.schedules import (Phase, fine_tune_plan, fit_schedule, lr_find_schedule,
-                                     lr_find_should_stop, lr_find_suggestion, one_cycle, smooth_losses)
-from pml_jax.train.steps import TrainState, make_eval_step, make_train_step
+from pml_jax.train.optim import WD
+from pml_jax.train.schedules import (Phase, SmoothLoss, fine_tune_plan, locate_step, lr_find_schedule,
+                                     lr_find_should_stop, lr_find_suggestion, one_cycle, phase_starts)
+from pml_jax.train.inference import predict_batches
+from pml_jax.train.steps import TrainState, setup_phase
 
-SMOOTH_BETA = 0.98  # fastai AvgSmoothLoss
 # Wall-clock fields of an epoch row (they differ run to run): the epoch's time, its training
 # images/s (all processes; the first epoch of a phase includes compiling the step) and the share
 # of the training loop spent waiting for the input pipeline (this process's).
@@ -61,7 +63,7 @@ class Learner:
     (e.g. train.tensorboard.TensorBoard) for per-step loss, lrs and momentum and per-epoch metrics.
     """
 
-    def __init__(self, model, variables: dict, dls, *, wd: float = 0.01, thresh: float = 0.5,
+    def __init__(self, model, variables: dict, dls, *, wd: float = WD, thresh: float = 0.5,
                  dtype=jnp.float32, seed: int = 0, workdir: str | Path | None = None,
                  mesh=None, log: Callable[[str], None] = print, progress: bool = True,
                  meta: dict | None = None, writer=None):
@@ -70,8 +72,6 @@ class Learner:
         check_batch_size(dls.batch_size, self.mesh)
         self.params = replicate(variables["params"], self.mesh)
         self.batch_stats = replicate(variables["batch_stats"], self.mesh)
-        self.groups = param_groups(self.params)
-        self.decay = decay_mask(self.params, self.batch_stats)
         self.key = jax.random.key(seed)
         self.log, self.progress, self.writer = log, progress, writer  # writer: TensorBoard or None
         self.workdir = Path(workdir) if workdir is not None else None
@@ -79,7 +79,7 @@ class Learner:
         self.meta = dict(meta or {})  # extra JSON saved with each checkpoint (config, vocab, ...)
         self.history: list[dict] = []
         self.step_losses: list[float] = []  # the raw training loss of every global step, in order
-        self._eval_step = make_eval_step(model, dtype)
+        self.smooth_loss = SmoothLoss()  # the current phase's smoothed training loss
         self._resume: dict | None = None
 
     # ----------------------------------------------------------------- schedules
@@ -89,11 +89,6 @@ class Learner:
         spe = self.dls.steps_per_epoch
         lrs, moms = one_cycle(epochs * spe, lr_max, pct_start, div, div_final)
         return self.fit_phases([Phase(frozen, epochs, spe, lrs, moms)])
-
-    def fit(self, epochs: int, lr=1e-3, frozen: bool = False) -> list[dict]:
-        """fastai `fit`: constant lr, beta1 0.9."""
-        spe = self.dls.steps_per_epoch
-        return self.fit_phases([Phase(frozen, epochs, spe, *fit_schedule(epochs * spe, lr))])
 
     def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1,
                   lr_mult: float = 100, pct_start: float = 0.3, div: float = 5.0) -> list[dict]:
@@ -109,38 +104,43 @@ class Learner:
         Returns the epoch rows. SIGINT/SIGTERM saves a checkpoint mid-epoch and raises
         StopRequested; `resume()` before this call continues from the newest checkpoint.
         """
-        short = [p for p in phases if p.epochs > 0 and p.steps_per_epoch == 0]
-        if short:
-            raise PmlError(f"the training split has fewer items than one batch of {self.dls.batch_size}: "
-                           "nothing to train on; lower the batch size")
-        start_phase, start_step = 0, 0
-        if self._resume is not None:
-            start_phase, start_step = self._resume["phase"], self._resume["step_in_phase"]
-        with SignalFlag() as signals:
-            for p, phase in enumerate(phases):
-                if p < start_phase:
-                    continue
-                self._run_phase(p, phase, phases, start_step if p == start_phase else 0, signals)
-        self._resume = None
+        if any(p.epochs > 0 for p in phases):
+            self.dls.check_fit()
+        first, start, resumed = self._resume_point(phases)
+        with StopSignal() as signals:
+            for p in range(first, len(phases)):
+                if phases[p].epochs > 0:
+                    self._run_phase(phases, p, signals, start, resumed)
+                start, resumed = 0, None
         return self.history
 
-    def _run_phase(self, p: int, phase: Phase, phases: list[Phase], start: int, signals) -> None:
-        spe = phase.steps_per_epoch
-        trainable = trainable_mask(self.params, self.batch_stats, phase.frozen)
-        tx = fastai_adam(self.groups, self.decay, wd=self.wd)
-        resumed = self._resume is not None and self._resume["phase"] == p and start > 0
-        if resumed:
-            opt_state = self._resume["opt_state"]
-            smooth, count = self._resume["smooth"], self._resume["smooth_count"]
-        else:
-            opt_state = tx.init(split_trainable(self.params, trainable)[0])
-            smooth, count = 0.0, 0
+    def _resume_point(self, phases: list[Phase]) -> tuple[int, int, tuple | None]:
+        """(phase, step in it, (optimizer state, SmoothLoss) or None) to start `phases` from: the
+        start, or where the checkpoint `resume()` loaded was saved (a phase's end: the next one's
+        start, fresh); the loaded checkpoint is used up."""
+        resume, self._resume = self._resume, None
+        if resume is None:
+            return 0, 0, None
+        first, start = locate_step(phases, resume["step"])
+        if start == 0:
+            return first, 0, None
+        if phases[first].frozen != resume["frozen"]:
+            saved, here = ("frozen", "unfrozen") if resume["frozen"] else ("unfrozen", "frozen")
+            raise PmlError(f"the checkpoint at step {resume['step']} has the body {saved}, this schedule has it "
+                           f"{here} there: resume with the schedule of the interrupted run")
+        return first, start, (resume["opt_state"], SmoothLoss(**resume["smooth_loss"]))
+
+    def _run_phase(self, phases: list[Phase], p: int, signals, start: int, resumed) -> None:
+        """Phase `p` of `phases` from its step `start`; resumed: (optimizer state, SmoothLoss)
+        of a checkpoint `start` steps in, or None for a fresh start."""
+        phase, spe = phases[p], phases[p].steps_per_epoch
+        setup = setup_phase(self.model, self.params, self.batch_stats, phase.frozen, wd=self.wd, dtype=self.dtype)
+        opt_state, self.smooth_loss = resumed or (setup.opt_state, SmoothLoss())
         state = TrainState(self.params, self.batch_stats, replicate(opt_state, self.mesh))
-        train_step = make_train_step(self.model, tx, trainable, self.dtype)
         data_epoch0 = sum(ph.epochs for ph in phases[:p])
         lrs = jnp.asarray(phase.lrs, jnp.float32)
         moms = jnp.asarray(phase.moms, jnp.float32)
-        step0 = self._global_step(phases, p, 0)
+        step0 = phase_starts(phases)[p]
         for epoch in range(start // spe, phase.epochs):
             t0, first = time.perf_counter(), max(start - epoch * spe, 0)
             bar = tqdm(total=spe, initial=first, leave=False, disable=None if self.progress else True,
@@ -151,48 +151,45 @@ class Learner:
             for i, batch in enumerate(batches, first):
                 s = epoch * spe + i
                 key = jax.random.fold_in(self.key, step0 + s)
-                state, loss = train_step(state, self._train_batch(batch), lrs[s], moms[s], key)
+                state, loss = setup.step(state, self._train_batch(batch), lrs[s], moms[s], key)
                 if pending is not None:
-                    smooth, count = self._record(*pending, smooth, count, phase, step0, bar)
+                    self._record(*pending, phase, step0, bar)
                 pending = (s, loss)
-                if signals.raised is not None and i + 1 < spe:  # at an epoch's last step: finish it first
-                    smooth, count = self._record(*pending, smooth, count, phase, step0, bar)
+                if i + 1 < spe and signals.should_stop():  # at an epoch's last step: finish it
+                    self._record(*pending, phase, step0, bar)
                     self._adopt(state)
-                    self._save(p, s + 1, state.opt_state, phase.frozen, smooth, count)
-                    raise StopRequested(f"stopped by signal {signals.raised} at step {step0 + s + 1}")
+                    self._save(step0 + s + 1, state.opt_state, phase.frozen)
+                    raise StopRequested(f"stopped by signal {signals.agreed} at step {step0 + s + 1}")
             if pending is not None:
-                smooth, count = self._record(*pending, smooth, count, phase, step0, bar)
+                self._record(*pending, phase, step0, bar)
             bar.close()
             train_seconds = time.perf_counter() - t0
             self._adopt(state)
             valid = self.validate()
-            row = {"phase": p, "epoch": epoch, "step": step0 + (epoch + 1) * spe,
-                   "train_loss": smooth / (1 - SMOOTH_BETA ** count),
+            end = step0 + (epoch + 1) * spe
+            row = {"phase": p, "epoch": epoch, "step": end, "train_loss": self.smooth_loss.value,
                    **valid, "time": time.perf_counter() - t0,
                    "train_img_s": (spe - first) * self.dls.batch_size / train_seconds,
                    "input_wait": waits.seconds / train_seconds}
-            self._log_row(row, step0 + (epoch + 1) * spe)
-            self._save(p, (epoch + 1) * spe, state.opt_state, phase.frozen, smooth, count)
-            if signals.raised is not None:
-                raise StopRequested(f"stopped by signal {signals.raised} at step {step0 + (epoch + 1) * spe}, "
-                                    "the end of an epoch")
+            self._log_row(row, end)
+            self._save(end, state.opt_state, phase.frozen)  # a phase's last one: resume starts the next
+            if signals.should_stop(now=True):
+                raise StopRequested(f"stopped by signal {signals.agreed} at step {end}, the end of an epoch")
 
-    def _record(self, s: int, loss, smooth: float, count: int, phase: Phase, step0: int, bar):
-        """Check and log the loss of step `s` of `phase`; returns the updated smoothed-loss state."""
+    def _record(self, s: int, loss, phase: Phase, step0: int, bar) -> None:
+        """Check and log the loss of step `s` of `phase` (global step step0 + s) and smooth it."""
         value = float(loss)
         if not math.isfinite(value):
             raise PmlError(f"training diverged: loss is {value} at global step {step0 + s} (step {s} "
                            "of its phase); the last checkpoint is kept; lower the learning rate")
         self.step_losses.append(value)
-        smooth, count = SMOOTH_BETA * smooth + (1 - SMOOTH_BETA) * value, count + 1
-        smoothed = smooth / (1 - SMOOTH_BETA ** count)
+        smoothed = self.smooth_loss.add(value)
         bar.update(1)
         bar.set_postfix(loss=f"{smoothed:.4f}")
         if self.writer is not None:
             self.writer.scalars(step0 + s, {"train/loss": value, "train/smooth_loss": smoothed,
                                             "train/mom": phase.moms[s],
                                             **{f"train/lr_group{g}": lr for g, lr in enumerate(phase.lrs[s])}})
-        return smooth, count
 
     def _train_batch(self, batch: dict) -> dict:
         """A host train batch -> the step's input on the mesh. Crop buffers (augment on the device)
@@ -201,32 +198,19 @@ class Learner:
         what it trains on."""
         return self.dls.finish(shard_batch(batch, self.mesh))
 
-    @staticmethod
-    def _global_step(phases, p, s) -> int:
-        return sum(ph.epochs * ph.steps_per_epoch for ph in phases[:p]) + s
-
     def _adopt(self, state: TrainState) -> None:
         self.params, self.batch_stats = state.params, state.batch_stats
 
     # ----------------------------------------------------------------- evaluation
-    def get_preds(self, is_valid: bool = True) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-        """(probs [N,C], targets [N,C], mask [N], loss [N]) over every eval item, padded rows masked."""
-        acc, losses = MetricAccumulator(), []
-        batches = tqdm(self.dls.valid(is_valid), desc="validating", leave=False,
-                       disable=None if self.progress else True)
-        for batch in batches:
-            batch = shard_batch(batch, self.mesh)
-            probs, loss = self._eval_step(self.params, self.batch_stats, batch)
-            acc.update(probs, batch["target"], batch["mask"])
-            losses.append(loss)
-        if not losses:
-            raise PmlError(f"the {'validation' if is_valid else 'training'} split is empty: nothing to predict on")
-        probs, targs, mask = acc.gathered()
-        return probs, targs, mask, jnp.concatenate(losses)
+    def get_preds(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """(probs [N,C], targets [N,C], mask [N], loss [N]) over the validation split, padded rows masked."""
+        return predict_batches(self.model, {"params": self.params, "batch_stats": self.batch_stats},
+                               self.dls.valid(), self.mesh, self.dtype,
+                               progress="validating" if self.progress else None)
 
-    def validate(self, is_valid: bool = True) -> dict:
+    def validate(self) -> dict:
         """valid_loss (mean over real items), accuracy_multi at `thresh` and mAP."""
-        probs, targs, mask, loss = self.get_preds(is_valid)
+        probs, targs, mask, loss = self.get_preds()
         metrics = jax.device_get(epoch_metrics(probs, targs, mask, thresh=self.thresh))
         valid_loss = float(jnp.sum(jnp.where(mask, loss, 0.0)) / jnp.sum(mask))
         return {"valid_loss": valid_loss, "accuracy_multi": float(metrics["accuracy_multi"]),
@@ -241,23 +225,19 @@ class Learner:
         {'lrs', 'losses' (smoothed), 'suggestion', 'point'}.
         """
         lrs_all = lr_find_schedule(start_lr, end_lr, num_it)
-        trainable = trainable_mask(self.params, self.batch_stats, frozen)
-        tx = fastai_adam(self.groups, self.decay, wd=self.wd)
+        setup = setup_phase(self.model, self.params, self.batch_stats, frozen, wd=self.wd, dtype=self.dtype)
         state = TrainState(jax.tree.map(jnp.copy, self.params), jax.tree.map(jnp.copy, self.batch_stats),
-                           replicate(tx.init(split_trainable(self.params, trainable)[0]), self.mesh))
-        step = make_train_step(self.model, tx, trainable, self.dtype)
-        raw, lrs = [], []
-        for lr, batch in zip(lrs_all, self._endless_train_batches()):
-            state, loss = step(state, self._train_batch(batch),
-                               jnp.full((N_GROUPS,), lr, jnp.float32),
-                               jnp.float32(0.9), jax.random.fold_in(self.key, len(raw)))
-            raw.append(float(loss))
+                           replicate(setup.opt_state, self.mesh))
+        smoother, lrs, smoothed = SmoothLoss(), [], []
+        for i, (lr, batch) in enumerate(zip(lrs_all, self._endless_train_batches())):
+            state, loss = setup.step(state, self._train_batch(batch), jnp.full((N_GROUPS,), lr, jnp.float32),
+                                     jnp.float32(0.9), jax.random.fold_in(self.key, i))
+            smoothed.append(smoother.add(float(loss)))
             lrs.append(float(lr))
-            if lr_find_should_stop(smooth_losses(raw), num_it):  # NaNs run on, as in fastai
+            if lr_find_should_stop(smoothed, num_it):  # NaNs run on, as in fastai
                 break
-        smoothed = smooth_losses(raw)
         suggestion, point = lr_find_suggestion(lrs, smoothed, num_it, method)
-        return {"lrs": lrs, "losses": smoothed.tolist(), "suggestion": suggestion, "point": point}
+        return {"lrs": lrs, "losses": smoothed, "suggestion": suggestion, "point": point}
 
     def _endless_train_batches(self):
         epoch = 0
@@ -266,49 +246,40 @@ class Learner:
             epoch += 1
 
     # ----------------------------------------------------------------- checkpoints
-    def _save(self, phase: int, step_in_phase: int, opt_state, frozen: bool, smooth: float, count: int):
+    def _save(self, step: int, opt_state, frozen: bool) -> None:
+        """Checkpoint `step` (the global step): params, stats, the phase's optimizer state, and as
+        meta the phase's freeze state, smoothed loss, the epoch rows and the step losses so far."""
         if self.checkpoints is None:
             return
         state = {"params": self.params, "batch_stats": self.batch_stats, "opt_state": opt_state}
-        meta = {**self.meta, "phase": phase, "step_in_phase": step_in_phase, "frozen": frozen,
-                "smooth": smooth, "smooth_count": count, "history": self.history,
-                "step_losses": self.step_losses}
-        self.checkpoints.save(self._checkpoint_id(phase, step_in_phase), state, meta)
-
-    @staticmethod
-    def _checkpoint_id(phase: int, step_in_phase: int) -> int:
-        return phase * 10**9 + step_in_phase
+        meta = {**self.meta, "frozen": frozen, "smooth_loss": dataclasses.asdict(self.smooth_loss),
+                "history": self.history, "step_losses": self.step_losses}
+        self.checkpoints.save(step, state, meta)
 
     def resume(self) -> bool:
         """Load the newest checkpoint in workdir, if any, so the next fit continues from it.
 
         Returns whether one was found. Call with the same schedule as the interrupted run.
         """
-        if self.checkpoints is None or self.checkpoints.latest_step() is None:
+        step = self.checkpoints.latest_step() if self.checkpoints is not None else None
+        if step is None:
             return False
-        opt_state, meta = self._restore(None)
-        self.history = list(meta["history"])
-        self.step_losses = list(meta.get("step_losses", []))
-        self._write_metrics(self.history, "w")  # drop rows of epochs replayed after a crash
-        self._resume = {**meta, "opt_state": opt_state}
-        return True
-
-    def load(self, step: int | None = None) -> dict:
-        """Take params and batch stats from checkpoint `step` (default newest); returns its meta."""
-        if self.checkpoints is None:
-            raise PmlError("this learner has no workdir to load a checkpoint from")
-        return self._restore(step)[1]
-
-    def _restore(self, step: int | None) -> tuple[Any, dict]:
-        """Adopt params and stats of checkpoint `step`; return its (optimizer state, meta)."""
         meta = self.checkpoints.read_meta(step)
-        trainable = trainable_mask(self.params, self.batch_stats, meta["frozen"])
-        opt_like = fastai_adam(self.groups, self.decay).init(split_trainable(self.params, trainable)[0])
-        like = {"params": self.params, "batch_stats": self.batch_stats, "opt_state": opt_like}
+        if "smooth_loss" not in meta:
+            raise PmlError(f"{self.checkpoints.directory}: checkpoint {step} was written by an older pml_jax and "
+                           "cannot be resumed; train again without --resume")
+        template = replicate(setup_phase(self.model, self.params, self.batch_stats, meta["frozen"]).opt_state,
+                             self.mesh)  # on the mesh, as orbax restores to the template's sharding
+        like = {"params": self.params, "batch_stats": self.batch_stats, "opt_state": template}
         state, meta = self.checkpoints.restore(like, step)
         self.params = replicate(state["params"], self.mesh)
         self.batch_stats = replicate(state["batch_stats"], self.mesh)
-        return state["opt_state"], meta
+        self.history = list(meta["history"])
+        self.step_losses = list(meta["step_losses"])
+        self._write_metrics(self.history, "w")  # drop rows of epochs replayed after a crash
+        self._resume = {"step": step, "frozen": meta["frozen"], "smooth_loss": meta["smooth_loss"],
+                        "opt_state": state["opt_state"]}
+        return True
 
     # ----------------------------------------------------------------- logging
     def _log_row(self, row: dict, step: int) -> None:

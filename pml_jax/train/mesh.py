@@ -15,8 +15,11 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
                            process_id: int | None = None) -> None:
     """Join a multi-host run (`jax.distributed.initialize`); arguments default to the environment
     (TPU pods and SLURM fill them in; elsewhere pass `host:port`, the process count and this id).
-    CPU processes exchange gradients through gloo collectives."""
+    CPU processes exchange gradients through gloo collectives. jax's own preemption service is
+    turned off: its SIGTERM handler would swallow the signal outside training, and in training
+    `interrupt.StopSignal` handles SIGINT and SIGTERM on every process alike."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_enable_preemption_service", False)
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
 

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+WD = 0.01  # fastai's default (decoupled) weight decay
+
 
 class AdamState(NamedTuple):
     """Moments and step count of every param (None where `init` saw a None leaf)."""
@@ -39,7 +41,7 @@ def fastai_adam(
     *,
     sqr_mom: float = 0.99,
     eps: float = 1e-5,
-    wd: float = 0.01,
+    wd: float = WD,
 ) -> optax.GradientTransformationExtraArgs:
     """fastai Adam with decoupled weight decay, per-group lr and a scheduled momentum.
 

@@ -1,10 +1,13 @@
-"""fastai's per-step hyper-parameter schedules (one-cycle, fine_tune, fit, lr_find) and lr_find's
-loss smoothing, stop rule and suggestions. Host-side numpy: the arrays feed the jitted step one row
-per training step (learning rates in 1/step units of the optimizer, float64 here).
+"""fastai's per-step hyper-parameter schedules (one-cycle, fine_tune, lr_find), the global step
+numbering of a plan of phases, the smoothed training loss and lr_find's stop rule and suggestions.
+Host-side numpy: the arrays feed the jitted step one row per training step (learning rates in
+1/step units of the optimizer, float64 here).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 from typing import NamedTuple, Sequence
 
@@ -61,15 +64,6 @@ def one_cycle(
     return lrs.reshape(n_steps, len(lr_max)), mom
 
 
-def fit_schedule(n_steps: int, lr, mom: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
-    """fastai `fit` (constant hypers): (lrs [n_steps, n_groups], moms [n_steps]).
-
-    fastai leaves beta1 at the optimizer's current value: 0.9 for a fresh Adam.
-    """
-    lrs = lr_range(lr)
-    return np.tile(lrs, (n_steps, 1)), np.full(n_steps, float(mom))
-
-
 class Phase(NamedTuple):
     """One `fit_one_cycle` call of a plan: freeze state, length and per-step hypers."""
 
@@ -78,6 +72,29 @@ class Phase(NamedTuple):
     steps_per_epoch: int
     lrs: np.ndarray  # [epochs*steps_per_epoch, n_groups]
     moms: np.ndarray  # [epochs*steps_per_epoch]
+
+    @property
+    def n_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+def phase_starts(phases: Sequence[Phase]) -> list[int]:
+    """The global step at which each phase starts, then the plan's total: [0, n0, n0 + n1, ...]."""
+    return [0, *itertools.accumulate(p.n_steps for p in phases)]
+
+
+def locate_step(phases: Sequence[Phase], step: int) -> tuple[int, int]:
+    """(phase index, steps done in it) of global step `step` of the plan `phases`.
+
+    A step at a phase's end is the start of the next phase (which begins with a fresh optimizer
+    state); the plan's total steps give (len(phases), 0): nothing left to run.
+    """
+    starts = phase_starts(phases)
+    if not 0 <= step <= starts[-1]:
+        raise PmlError(f"step {step} is outside this schedule of {starts[-1]} steps: "
+                       "resume with the schedule of the interrupted run")
+    p = next((p for p in range(len(phases)) if step < starts[p + 1]), len(phases))
+    return p, step - starts[p]
 
 
 def fine_tune_plan(
@@ -116,13 +133,36 @@ def lr_find_schedule(start_lr=1e-7, end_lr=10.0, num_it: int = 100) -> np.ndarra
     return start * (end / start) ** pos
 
 
-def smooth_losses(losses: Sequence[float], beta: float = 0.98) -> np.ndarray:
-    """fastai Recorder's smoothed loss [n]: debiased exponential moving average of the raw losses."""
-    out, val = [], 0.0
-    for count, loss in enumerate(losses, start=1):
-        val = beta * val + (1 - beta) * float(loss)
-        out.append(val / (1 - beta**count))
-    return np.array(out, dtype=np.float64)
+SMOOTH_BETA = 0.98  # fastai's AvgSmoothLoss
+
+
+@dataclasses.dataclass
+class SmoothLoss:
+    """fastai `AvgSmoothLoss`: the debiased exponential moving average of the training losses.
+
+    `dataclasses.asdict(s)` is JSON and `SmoothLoss(**that)` continues exactly where `s` was.
+    """
+
+    total: float = 0.0  # the biased average
+    count: int = 0  # losses added
+    beta: float = SMOOTH_BETA
+
+    def add(self, loss: float) -> float:
+        """Add one step's loss; returns the new smoothed value."""
+        self.total = self.beta * self.total + (1 - self.beta) * float(loss)
+        self.count += 1
+        return self.value
+
+    @property
+    def value(self) -> float:
+        """The smoothed loss (NaN before the first loss)."""
+        return self.total / (1 - self.beta**self.count) if self.count else math.nan
+
+
+def smooth_losses(losses: Sequence[float], beta: float = SMOOTH_BETA) -> np.ndarray:
+    """`SmoothLoss` after each of `losses` [n], as fastai's Recorder plots it."""
+    smoother = SmoothLoss(beta=beta)
+    return np.array([smoother.add(loss) for loss in losses], dtype=np.float64)
 
 
 def lr_find_should_stop(smoothed: Sequence[float], num_it: int = 100) -> bool:

@@ -1,9 +1,9 @@
-"""Pure train and eval steps: state in, state out, compiled once per phase."""
+"""Pure train and eval steps: state in, state out, compiled once per phase; a phase's set-up."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax
 import jax
@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import optax
 
 from pml_jax.data.normalize import normalize
-from pml_jax.train.groups import merge_trainable, split_trainable
+from pml_jax.train.groups import decay_mask, merge_trainable, param_groups, split_trainable, trainable_mask
+from pml_jax.train.optim import WD, AdamState, fastai_adam
 
 # XLA options of every step on CPU: YNNPACK for reductions only. jaxlib 0.10 also hands it
 # convolutions and matmuls by default, and its convolutions (above all their weight gradients)
@@ -76,6 +77,22 @@ def make_train_step(model, tx: optax.GradientTransformationExtraArgs, trainable:
         return new_state, loss
 
     return jax.jit(step, donate_argnums=0, compiler_options=compiler_options())
+
+
+class PhaseSetup(NamedTuple):
+    """What a training phase (a freeze state) trains with."""
+
+    step: Callable  # the jitted step(state, batch, lrs, mom, key) -> (state, loss) of `make_train_step`
+    opt_state: AdamState  # a fresh optimizer state of the phase's trainable params
+
+
+def setup_phase(model, params: Any, batch_stats: Any, frozen: bool, *, wd: float = WD,
+                dtype=jnp.float32) -> PhaseSetup:
+    """The train step and fresh fastai Adam state of a phase with the body `frozen` or not:
+    `groups.trainable_mask` picks what trains, with fastai's parameter groups and decay mask."""
+    trainable = trainable_mask(params, batch_stats, frozen)
+    tx = fastai_adam(param_groups(params), decay_mask(params, batch_stats), wd=wd)
+    return PhaseSetup(make_train_step(model, tx, trainable, dtype), tx.init(split_trainable(params, trainable)[0]))
 
 
 def make_eval_step(model, dtype=jnp.float32) -> Callable:

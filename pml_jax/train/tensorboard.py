@@ -9,7 +9,7 @@ class TensorBoard:
     """Writes scalars to `logdir` (one event file per run); `scalars(step, {'tag': value})`."""
 
     def __init__(self, logdir: str | Path):
-        from pml_jax.data.transforms import import_tf
+        from pml_jax.data.tf_cpu import import_tf
 
         self._tf = import_tf()
         self._writer = self._tf.summary.create_file_writer(str(logdir))

@@ -1,0 +1,27 @@
+"""TensorFlow for the input pipelines only: imported on first use, kept off the accelerators."""
+
+from __future__ import annotations
+
+import os
+
+_ACCELERATORS_HIDDEN = False
+
+# TF only decodes and crops here: its oneDNN float kernels are not needed, and their start-up
+# notice is noise in every run's output (set before TF is first imported).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def import_tf():
+    """TensorFlow with GPUs/TPUs hidden from it, so JAX owns the accelerators."""
+    global _ACCELERATORS_HIDDEN
+    import tensorflow as tf
+
+    if not _ACCELERATORS_HIDDEN:
+        for kind in ("GPU", "TPU"):
+            try:
+                tf.config.set_visible_devices([], kind)
+            except (RuntimeError, ValueError):  # already initialised, or no such device type
+                pass
+        _ACCELERATORS_HIDDEN = True
+    return tf
