@@ -112,13 +112,13 @@ def report(preds, dls, thresh: float, outdir: Path, log: Callable[[str], None], 
     logs the summary table (with `seed`, beside the seed notebook's figures); returns
     (summary, the paths written).
     """
-    probs, targs, mask, losses = preds
-    summary = summarize(probs, targs, mask, dls.vocab, thresh)
-    probs, targs, keep, losses = (np.asarray(x) for x in jax.device_get((probs, targs, mask, losses)))
+    probs, targs, keep, losses = (np.asarray(x) for x in jax.device_get(tuple(preds)))  # one transfer
+    summary = summarize(probs, targs, keep, dls.vocab, thresh)
     valid = dls.items.subset(True)
     table = predictions_table(valid["fname"], probs[keep], dls.vocab, thresh, valid["labels"])
     worst = np.argsort(-losses[keep], kind="stable")[:TOP_LOSSES]
-    shown = {"image": _valid_images(dls, worst), "target": targs[keep][worst],
+    shown = {"image": _valid_images(dls, worst) if jax.process_index() == 0 else None,  # only process 0 draws
+             "target": targs[keep][worst],
              "probs": probs[keep][worst], "loss": losses[keep][worst]}
     paths = write_results(outdir, summary, table, dls.vocab, shown, training)
     log(summary_table(summary, seed=seed))

@@ -228,7 +228,8 @@ def predict(workdir: str | Path, inputs: list[str], per_class: bool = False,
     once = DataLoaders(items, size=cfg.size, batch_size=batch_size, seed=cfg.seed, cache="none")  # one pass
     probs, _, mask, _ = predict_batches(model, variables, once.valid(), dtype=compute_dtype(cfg.dtype),
                                         progress="predicting")
-    p = np.asarray(jax.device_get(probs))[np.asarray(jax.device_get(mask))]
+    probs, mask = jax.device_get((probs, mask))
+    p = np.asarray(probs)[np.asarray(mask)]
     cut = np.array([meta["per_class_thresholds"][v] for v in vocab]) if per_class else meta["thresh"]
     out = results.predictions_table(items.df["fname"], p, vocab, cut)
     for fname, lab, row in zip(out["fname"], out["predicted"], p):

@@ -10,8 +10,6 @@ The device count is set through XLA_FLAGS by the caller, before jax starts.
 """
 
 import json
-import os
-import signal
 import sys
 
 import jax
@@ -27,32 +25,23 @@ class Losses:
             self.values.append(float(values["train/loss"]))
 
 
-def sigterm_on(batch_number):
-    """A tiny.Hooked hook: SIGTERM to this process as it fetches train batch `batch_number`."""
-    def hook(n, batch):
-        if n == batch_number:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return batch
-    return hook
-
-
 def main():
     data_root, out, how = sys.argv[1:4]
     if how == "dist":
         from pml_jax.train.mesh import initialize_distributed
 
         initialize_distributed(f"127.0.0.1:{sys.argv[5]}", num_processes=2, process_id=int(sys.argv[4]))
-    from tiny import Hooked, tiny_dls, tiny_model
+    from tiny import Hooked, sigterm_at, tiny_dls, tiny_model
 
     from pml_jax.train.interrupt import StopRequested
     from pml_jax.train.learner import Learner
     from pml_jax.train.mesh import make_mesh
 
     devices = jax.devices()[: int(sys.argv[4])] if how == "local" else jax.devices()
-    workdir, epochs, sigterm_at = sys.argv[6:9] if len(sys.argv) > 6 else (None, 1, -1)
+    workdir, epochs, sigterm_step = sys.argv[6:9] if len(sys.argv) > 6 else (None, 1, -1)
     dls = tiny_dls(data_root)
-    if jax.process_index() == 1 and int(sigterm_at) >= 0:
-        dls = Hooked(dls, sigterm_on(int(sigterm_at)))
+    if jax.process_index() == 1 and int(sigterm_step) >= 0:
+        dls = Hooked(dls, sigterm_at(int(sigterm_step)))
     model, variables = tiny_model(len(dls.vocab))
     writer = Losses()
     learn = Learner(model, variables, dls, mesh=make_mesh(devices), progress=False, log=lambda _: None,

@@ -1,14 +1,12 @@
 """The Learner: fit/fine_tune loop, freezing, checkpoints and resume, lr_find, divergence."""
 
 import json
-import os
-import signal
 import time
 
 import jax
 import numpy as np
 import pytest
-from tiny import Hooked, tiny_dls, tiny_model
+from tiny import Hooked, sigterm_at, tiny_dls, tiny_model
 
 from pml_jax.errors import PmlError
 from pml_jax.train.interrupt import StopRequested
@@ -54,17 +52,6 @@ def test_frozen_phase_trains_only_head_and_batchnorm(data_root):
     assert not np.array_equal(body_b["bn1"]["scale"], body_a["bn1"]["scale"])
     assert not np.array_equal(before["head"]["linear1"]["kernel"], after["head"]["linear1"]["kernel"])
     assert not np.array_equal(stats_before["body"]["bn1"]["mean"], jax.device_get(learn.batch_stats)["body"]["bn1"]["mean"])
-
-
-def sigterm_at(at):
-    """A Hooked hook that sends SIGTERM to this process while yielding train batch `at`."""
-
-    def hook(n, batch):
-        if n == at:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return batch
-
-    return hook
 
 
 @pytest.fixture(scope="module")

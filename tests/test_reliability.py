@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from tiny import Hooked, tiny_dls, tiny_model
+from tiny import Hooked, sigterm_at, tiny_dls, tiny_model
 
 from pml_jax.cli import main
 from pml_jax.data.dataset import LabelledImages
@@ -346,12 +346,7 @@ def test_sigterm_at_an_epochs_last_step_keeps_its_row_and_resume_rewrites_metric
     dls = tiny_dls(tiny_root)
     spe = dls.steps_per_epoch
 
-    def term(n, batch):
-        if n == spe - 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return batch
-
-    cut = learner(tiny_root, tmp_path / "cut", Hooked(dls, term))
+    cut = learner(tiny_root, tmp_path / "cut", Hooked(dls, sigterm_at(spe - 1)))
     with pytest.raises(StopRequested, match=f"at step {spe}, the end of an epoch"):
         cut.fit_one_cycle(2, 1e-2)
     assert cut.checkpoints.latest_step() == spe

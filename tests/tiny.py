@@ -1,5 +1,8 @@
 """Shared helpers for training tests: a tiny torchvision-shaped ResNet + fastai head, tiny data."""
 
+import os
+import signal
+
 import jax
 import jax.numpy as jnp
 
@@ -39,3 +42,14 @@ class Hooked:
             batch = self.hook(self.seen, batch)
             self.seen += 1
             yield batch
+
+
+def sigterm_at(at: int):
+    """A Hooked hook that sends SIGTERM to this process as it yields train batch `at`."""
+
+    def hook(n, batch):
+        if n == at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return batch
+
+    return hook
