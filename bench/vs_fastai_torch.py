@@ -57,7 +57,8 @@ class MultiLabelImages(torch.utils.data.Dataset):
 
 
 def pretrain(job: dict) -> dict:
-    """Train a torchvision `arch` from scratch on job['csv'] for job['epochs'] epochs; save its state_dict."""
+    """Train a torchvision `arch` from scratch (residual branches zero-initialised when the job says so) on
+    job["csv"] for job["epochs"] epochs; save its state_dict."""
     from sklearn.metrics import average_precision_score
     from torchvision import transforms as T
 
@@ -74,7 +75,8 @@ def pretrain(job: dict) -> dict:
     valid = MultiLabelImages(df[df["is_valid"]], images, vocab, valid_tf)
     loader = torch.utils.data.DataLoader(train, batch_size=job["batch_size"], shuffle=True, drop_last=True,
                                          num_workers=min(2, os.cpu_count() or 1), persistent_workers=True)
-    model = getattr(torchvision.models, job["arch"])(weights=None, num_classes=len(vocab))
+    model = getattr(torchvision.models, job["arch"])(weights=None, num_classes=len(vocab),
+                                                     zero_init_residual=job["zero_init_residual"])
     opt = torch.optim.AdamW(model.parameters(), lr=job["lr"], weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=job["lr"], total_steps=job["epochs"] * len(loader))
     t0 = time.time()

@@ -112,8 +112,8 @@ def report(preds, dls, thresh: float, outdir: Path, log: Callable[[str], None], 
     logs the summary table (with `seed`, beside the seed notebook's figures); returns
     (summary, the paths written).
     """
+    summary = summarize(*preds[:3], dls.vocab, thresh)  # device arrays: validation's compiled metrics again
     probs, targs, keep, losses = (np.asarray(x) for x in jax.device_get(tuple(preds)))  # one transfer
-    summary = summarize(probs, targs, keep, dls.vocab, thresh)
     valid = dls.items.subset(True)
     table = predictions_table(valid["fname"], probs[keep], dls.vocab, thresh, valid["labels"])
     worst = np.argsort(-losses[keep], kind="stable")[:TOP_LOSSES]

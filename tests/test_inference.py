@@ -1,5 +1,7 @@
 """predict_batches: the one inference loop (validation, evaluate, predict) and Learner.get_preds on it."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ from tiny import tiny_dls, tiny_model
 from pml_jax.data.normalize import normalize
 from pml_jax.errors import PmlError
 from pml_jax.train.inference import predict_batches
+from pml_jax.train import learner as learner_module
 from pml_jax.train.learner import Learner
 
 
@@ -60,3 +63,23 @@ def test_learner_get_preds_are_predict_batches_over_the_validation_split(tmp_pat
     assert int(mask.sum()) == len(dls.items.subset(True)) and probs.shape[1] == len(dls.vocab)
     row = learn.validate()
     assert row["valid_loss"] == pytest.approx(float(got[3][np.asarray(mask)].mean()), rel=1e-6)
+
+
+
+def test_get_preds_after_a_fit_are_its_last_validation_and_new_params_are_predicted_again(tmp_path, monkeypatch):
+    dls = tiny_dls(tmp_path)
+    model, variables = tiny_model(len(dls.vocab))
+    learn = Learner(model, variables, dls, progress=False, log=lambda _: None)
+    passes = []
+    monkeypatch.setattr(learner_module, "predict_batches", lambda *a, **k: passes.append(1) or predict_batches(*a, **k))
+    learn.fit_one_cycle(1, 1e-2)
+    assert len(passes) == 1  # the epoch's validation
+    preds = learn.get_preds()
+    assert learn.get_preds() is preds and len(passes) == 1  # the same params, stats and loaders: no new pass
+    want = predict_batches(model, {"params": learn.params, "batch_stats": learn.batch_stats}, dls.valid())
+    for a, b in zip(preds, want):
+        np.testing.assert_array_equal(a, b)
+    learn.dls = dataclasses.replace(dls)
+    assert learn.get_preds() is not preds and len(passes) == 2
+    learn.params = jax.tree.map(lambda x: x * 0.5, learn.params)
+    assert not np.allclose(learn.get_preds()[0], want[0]) and len(passes) == 3

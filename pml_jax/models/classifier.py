@@ -58,7 +58,7 @@ def create_model(
     body = resnet(arch, num_classes=None, dtype=dtype, kernels=kernels)
     head_module = create_head(nf, n_out, dtype=dtype, **head_kwargs) if head == "fastai" else LinearHead(n_out)
     body_key, head_key = jax.random.split(jax.random.key(seed))
-    head_vars = head_module.init({"params": head_key}, jnp.zeros((1, 1, 1, nf), jnp.float32))
+    head_vars = init_variables(head_module, {"params": head_key}, jnp.zeros((1, 1, 1, nf), jnp.float32))
     if pretrained is None:
         body_vars = init_variables(body, body_key, jnp.zeros((1, 32, 32, 3), jnp.float32))
     else:

@@ -81,6 +81,7 @@ class Learner:
         self.step_losses: list[float] = []  # the raw training loss of every global step, in order
         self.smooth_loss = SmoothLoss()  # the current phase's smoothed training loss
         self._resume: dict | None = None
+        self._preds: tuple | None = None  # ((params, batch_stats, dls), get_preds' output) of the last one
 
     # ----------------------------------------------------------------- schedules
     def fit_one_cycle(self, epochs: int, lr_max=3e-3, pct_start: float = 0.25, div: float = 25.0,
@@ -102,16 +103,22 @@ class Learner:
         """Run each phase (fresh optimizer state at each), epoch by epoch, validating after each.
 
         Returns the epoch rows. SIGINT/SIGTERM saves a checkpoint mid-epoch and raises
-        StopRequested; `resume()` before this call continues from the newest checkpoint.
+        StopRequested; `resume()` before this call continues from the newest checkpoint. Each
+        epoch's checkpoint is written while the next one trains; all are on disk when this returns
+        or raises.
         """
         if any(p.epochs > 0 for p in phases):
             self.dls.check_fit()
         first, start, resumed = self._resume_point(phases)
-        with StopSignal() as signals:
-            for p in range(first, len(phases)):
-                if phases[p].epochs > 0:
-                    self._run_phase(phases, p, signals, start, resumed)
-                start, resumed = 0, None
+        try:
+            with StopSignal() as signals:
+                for p in range(first, len(phases)):
+                    if phases[p].epochs > 0:
+                        self._run_phase(phases, p, signals, start, resumed)
+                    start, resumed = 0, None
+        finally:
+            if self.checkpoints is not None:
+                self.checkpoints.wait()
         return self.history
 
     def _resume_point(self, phases: list[Phase]) -> tuple[int, int, tuple | None]:
@@ -203,10 +210,18 @@ class Learner:
 
     # ----------------------------------------------------------------- evaluation
     def get_preds(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-        """(probs [N,C], targets [N,C], mask [N], loss [N]) over the validation split, padded rows masked."""
-        return predict_batches(self.model, {"params": self.params, "batch_stats": self.batch_stats},
-                               self.dls.valid(), self.mesh, self.dtype,
-                               progress="validating" if self.progress else None)
+        """(probs [N,C], targets [N,C], mask [N], loss [N]) over the validation split, padded rows masked.
+
+        The last validation's when params, stats and loaders are still the ones it ran with (after a
+        fit: its last epoch's); otherwise predicted now."""
+        inputs = (self.params, self.batch_stats, self.dls)
+        if self._preds is not None and all(a is b for a, b in zip(self._preds[0], inputs)):
+            return self._preds[1]
+        preds = predict_batches(self.model, {"params": self.params, "batch_stats": self.batch_stats},
+                                self.dls.valid(), self.mesh, self.dtype,
+                                progress="validating" if self.progress else None)
+        self._preds = (inputs, preds)
+        return preds
 
     def validate(self) -> dict:
         """valid_loss (mean over real items), accuracy_multi at `thresh` and mAP."""

@@ -92,4 +92,5 @@ def fastai_adam(
         pick = lambda i: jax.tree.map(lambda t: t[i], out, is_leaf=is_out)  # noqa: E731
         return pick(0), AdamState(pick(1), pick(2), pick(3))
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    # init jitted: one program instead of a compile per leaf shape op by op (~0.5 s for a resnet on a CPU)
+    return optax.GradientTransformationExtraArgs(jax.jit(init), update)
