@@ -31,17 +31,17 @@ went (compile from JAX_LOG_COMPILES=1, input wait and step time from metrics.jso
 and outputs from the timestamps of the run's output lines), each library's seed spread next to
 the gap between them.
 
-Duration on this project's 2-core VM with the defaults (2 seeds: 2 fastai + 2 cold + 1 warm
-pml_jax runs), measured 2026-12-03 with nothing else running: 5.5 minutes for resnet18 (its .pth
-already cached; the pretraining adds about 100 s) and 17.5 for resnet50 (190 s of it pretraining).
-The script prints an estimate for the flags given before it starts. Run it alone on the machine:
-other jobs on the 2 cores change every wall time.
+Duration on this project's 2-core VM, nothing else running (2026-12-03): resnet18 --repeats 4 (4 fastai
++ 4 cold + 1 warm pml_jax runs) 15.6 minutes with its pretraining (113 s); resnet50 with 2 seeds about
+17.5 minutes plus 270 s of pretraining. The script prints an estimate for the flags given before it
+starts. Run it alone on the machine: other jobs on the 2 cores change every wall time.
 
-Difficulty (the same 2026-12-03 runs): the resnet18 pretraining reaches valid mAP 0.89 on its own
-set at 64 px, the resnet50 one only 0.35 (10 epochs from scratch are too few for it). Fine-tuned at
-128 px, resnet18 ends near mAP 0.63, a best sweep accuracy of 0.82 (all-negative: 0.78) and
-accuracy_multi@0.2 about 0.5; resnet50 near mAP 0.31, barely above chance. --pretrain_size 128
-and more pretraining epochs should transfer better, at several times the pretraining time.
+Difficulty (2026-12-03, zero_init_residual pretraining): on its own set at 64 px the resnet18
+pretraining reaches valid mAP 0.70 (0.90 without zero_init_residual), the resnet50 one 0.58 (0.35
+without). Fine-tuned at 128 px, resnet18 ends near mAP 0.52, accuracy_multi@0.2 about 0.40 and a best
+sweep accuracy near 0.79 (all-negative: 0.78): above chance in ranking, far from perfect.
+--pretrain_size 128 and more pretraining epochs should transfer better, at several times the
+pretraining time.
 """
 
 from __future__ import annotations
