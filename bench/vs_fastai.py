@@ -32,8 +32,9 @@ and outputs from the timestamps of the run's output lines), each library's seed 
 the gap between them.
 
 Duration on this project's 2-core VM, nothing else running (2026-12-03): resnet18 --repeats 4 (4 fastai
-+ 4 cold + 1 warm pml_jax runs) 15.6 minutes with its pretraining (113 s); resnet50 with 2 seeds about
-17.5 minutes plus 270 s of pretraining. The script prints an estimate for the flags given before it
++ 4 cold + 1 warm pml_jax runs) 15.6 minutes with its pretraining (113 s); resnet50 with 2 seeds 17.5
+minutes with the earlier pretraining (190 s of it; the zero_init_residual one took 270 s alone, its
+fine-tuning runs are not timed yet). The script prints an estimate for the flags given before it
 starts. Run it alone on the machine: other jobs on the 2 cores change every wall time.
 
 Difficulty (2026-12-03, zero_init_residual pretraining): on its own set at 64 px the resnet18

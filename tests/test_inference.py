@@ -11,8 +11,8 @@ from tiny import tiny_dls, tiny_model
 
 from pml_jax.data.normalize import normalize
 from pml_jax.errors import PmlError
-from pml_jax.train.inference import predict_batches
 from pml_jax.train import learner as learner_module
+from pml_jax.train.inference import predict_batches
 from pml_jax.train.learner import Learner
 
 
@@ -63,7 +63,6 @@ def test_learner_get_preds_are_predict_batches_over_the_validation_split(tmp_pat
     assert int(mask.sum()) == len(dls.items.subset(True)) and probs.shape[1] == len(dls.vocab)
     row = learn.validate()
     assert row["valid_loss"] == pytest.approx(float(got[3][np.asarray(mask)].mean()), rel=1e-6)
-
 
 
 def test_get_preds_after_a_fit_are_its_last_validation_and_new_params_are_predicted_again(tmp_path, monkeypatch):

@@ -93,7 +93,7 @@ class Checkpoints:
     def _step(self, step: int | None) -> int:
         """`step`, or the newest; a save still being written is finished first."""
         self.wait()
-        step = self.latest_step() if step is None else step
+        step = self._manager.latest_step() if step is None else step
         if step is None:
             raise PmlError(f"no checkpoint found in {self.directory}")
         return step
