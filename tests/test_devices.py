@@ -1,5 +1,6 @@
 """The same global batch gives the same training on 1 device, 8 simulated devices and 2 processes,
-and a SIGTERM to one of 2 processes stops both at the same step, resuming to the same result."""
+a SIGTERM to one of 2 processes stops both at the same step, resuming to the same result, and 2
+processes fetching into one shared cache download it once."""
 
 import json
 import os
@@ -13,6 +14,7 @@ import pytest
 from tiny import tiny_dls
 
 WORKER = Path(__file__).with_name("devices_worker.py")
+FETCH_WORKER = Path(__file__).with_name("fetch_worker.py")
 
 
 def run_worker(args, devices, tmp_path, name):
@@ -102,3 +104,43 @@ def test_sigterm_to_one_process_stops_both_at_one_step(data):
         np.testing.assert_allclose(got["step_losses"], want["step_losses"], rtol=1e-6)
         np.testing.assert_allclose(got["checksum"], want["checksum"], rtol=1e-6)
         np.testing.assert_allclose(got["valid_loss"], want["valid_loss"], rtol=1e-6)
+
+
+def fetch_pair(tmp_path, url, dest):
+    """Both processes of a 2-process run downloading `url` to the one path `dest`; their results."""
+    port = str(free_port())
+    procs = [(subprocess.Popen([sys.executable, str(FETCH_WORKER), str(pid), port, url, str(dest),
+                                str(tmp_path / f"fetch{pid}.json")],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+              tmp_path / f"fetch{pid}.json") for pid in (0, 1)]
+    try:
+        return [finish(proc, out, timeout=120) for proc, out in procs]
+    finally:
+        for proc, _ in procs:
+            proc.kill()
+
+
+def test_two_processes_sharing_a_cache_download_once_and_share_a_failure(tmp_path, server):
+    base, www, requests = server
+    payload = np.random.default_rng(0).bytes(3 << 20)  # several chunks: concurrent writers would interleave
+    (www / "weights.bin").write_bytes(payload)
+    dest = tmp_path / "shared" / "weights.bin"
+    results = fetch_pair(tmp_path, base + "weights.bin", dest)
+    assert [r["error"] for r in results] == [None, None]
+    assert [r["path"] for r in results] == [str(dest)] * 2 and dest.read_bytes() == payload
+    assert requests == ["/weights.bin"]  # process 1 found process 0's verified file
+    failed = fetch_pair(tmp_path, base + "missing.bin", tmp_path / "shared" / "missing.bin")
+    assert "HTTP 404" in failed[0]["error"]
+    assert failed[1]["error"].startswith(f"process 0 could not download {base}missing.bin: ")
+    assert failed[1]["error"].endswith(failed[0]["error"])
+    assert requests == ["/weights.bin", "/missing.bin"]  # process 1 did not try again
+
+
+def test_process_0_first_leaves_jax_distributed_initialize_possible():
+    """A fetch before `jax.distributed.initialize` (a data set loaded first) must not start a backend."""
+    code = ("import jax; from pml_jax.hosts import process_0_first; "
+            "assert process_0_first('fetch', lambda: 7) == 7; "
+            f"jax.distributed.initialize('127.0.0.1:{free_port()}', num_processes=1, process_id=0); "
+            "assert process_0_first('fetch', lambda: 8) == 8; print(jax.process_count())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split() == ["1"], proc.stderr[-2000:]

@@ -1,12 +1,9 @@
 """Weight porting: key/shape checks, file formats, named downloads from a local server, offline errors."""
 
-import functools
 import hashlib
-import http.server
 import importlib.util
 import socket
 import sys
-import threading
 
 import jax
 import numpy as np
@@ -42,29 +39,6 @@ def st18(sd18, tmp_path_factory):
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("PML_JAX_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
-
-
-@pytest.fixture
-def server(tmp_path):
-    """A 127.0.0.1 HTTP server over tmp_path/www; yields (base url, www dir, request log)."""
-    www = tmp_path / "www"
-    www.mkdir()
-    log = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def do_GET(self):
-            log.append(self.path)
-            super().do_GET()
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(www)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/", www, log
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def assert_tree_equal(a, b):

@@ -12,6 +12,7 @@ from pml_jax.data.dataset import LabelledImages
 from pml_jax.data.tables import from_csv
 from pml_jax.download import download, extract_tar
 from pml_jax.errors import PmlError
+from pml_jax.hosts import process_0_first
 from pml_jax.paths import cache_dir
 
 # fastai URLs.PASCAL_2007 and its entry in fastai/data/download_checks.py: archive size in bytes and
@@ -34,15 +35,21 @@ def pascal_2007(
     `path` defaults to `cache_dir('data')/'pascal_2007'`. If it has no train.csv and `download`,
     the archive at `url` is fetched into `path.parent` (resumable, size + first-MiB MD5 checked as
     fastai does), extracted safely into a temporary folder and renamed to `path` in one step; the
-    archive is then deleted. Returns items rooted at `path/'train'`.
+    archive is then deleted. In a multi-process run process 0 does this first (hosts may share
+    `path`). Returns items rooted at `path/'train'`.
     """
     path = Path(path) if path is not None else cache_dir("data") / "pascal_2007"
-    if not (path / "train.csv").is_file():
+
+    def ensure() -> None:
+        if (path / "train.csv").is_file():
+            return
         if not download:
             raise PmlError(f"PASCAL 2007 not found at {path} (no train.csv) and download=False")
         if path.exists() and any(path.iterdir()):
             raise PmlError(f"{path} exists but holds no train.csv; remove it or pass another path")
         fetch_pascal_2007(path, url, size, md5_first_mib, progress)
+
+    process_0_first(f"get PASCAL 2007 into {path}", ensure)
     return from_csv(path / "train.csv", path / "train", name="pascal_2007")
 
 

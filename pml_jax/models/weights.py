@@ -21,6 +21,7 @@ from flax import traverse_util
 
 from pml_jax.download import download
 from pml_jax.errors import PmlError
+from pml_jax.hosts import process_0_first
 from pml_jax.models import torch_pickle
 from pml_jax.models.resnet import resnet
 from pml_jax.paths import cache_dir
@@ -134,12 +135,13 @@ def port_torchvision(source: Mapping[str, np.ndarray] | str | Path, arch: str, w
 
 
 def fetch(arch: str, pretrained: str | Path, progress: bool = True) -> Path:
-    """Local file holding the `pretrained` weights for `arch`, downloading a named one once."""
+    """Local file holding the `pretrained` weights for `arch`, downloading a named one once (in a
+    multi-process run process 0 first, so hosts sharing the cache folder do not write it at once)."""
     name = str(pretrained)
     if name.startswith("timm/"):
-        return _fetch_timm(arch, name)
+        return process_0_first(f"fetch {name}", lambda: _fetch_timm(arch, name))
     if name.upper().startswith("IMAGENET1K_"):
-        return _fetch_torchvision(arch, name.upper(), progress)
+        return process_0_first(f"fetch {arch} {name.upper()}", lambda: _fetch_torchvision(arch, name.upper(), progress))
     path = Path(pretrained).expanduser()
     if not path.is_file():
         raise PmlError(
