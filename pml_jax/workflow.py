@@ -179,8 +179,7 @@ def evaluate(workdir: str | Path, log: Callable[[str], None] = print) -> dict:
     model, variables, meta = load_model(workdir)
     cfg = Config(**meta["config"])
     dls = data_loaders(cfg, load_items(cfg, log), log)
-    if len(dls.items.subset(True)) == 0:
-        raise PmlError(f"{dls.items.name}: the validation split is empty: nothing to evaluate")
+    dls.check_valid()
     preds = predict_batches(model, variables, dls.valid(), dtype=compute_dtype(cfg.dtype), progress="evaluating")
     outdir = Path(workdir) / "eval"
     summary, paths = results.report(preds, dls, cfg.thresh, outdir, log)

@@ -52,11 +52,15 @@ class DataLoaders:
 
     def check_fit(self) -> None:
         """PmlError unless the train split fills one batch and the validation split has an item."""
-        n_train, n_valid = len(self.items.subset(False)), len(self.items.subset(True))
+        n_train = len(self.items.subset(False))
         if n_train < self.batch_size:
             raise PmlError(f"{self.items.name}: the training split has {n_train} item(s), fewer than one "
                            f"batch of {self.batch_size}: lower the batch size (--batch_size) to at most {n_train}")
-        if n_valid == 0:
+        self.check_valid()
+
+    def check_valid(self) -> None:
+        """PmlError unless the validation split has an item."""
+        if len(self.items.subset(True)) == 0:
             raise PmlError(f"{self.items.name}: the validation split is empty, so nothing can be validated: "
                            "mark some items is_valid (csv), or choose another split (voc: --valid_split)")
 
