@@ -31,16 +31,17 @@ went (compile from JAX_LOG_COMPILES=1, input wait and step time from metrics.jso
 and outputs from the timestamps of the run's output lines), each library's seed spread next to
 the gap between them.
 
-Duration on this project's 2-core VM, nothing else running (2026-12-03): resnet18 --repeats 4 (4 fastai
-+ 4 cold + 1 warm pml_jax runs) 15.6 minutes with its pretraining (113 s); resnet50 with 2 seeds 17.5
-minutes with the earlier pretraining (190 s of it; the zero_init_residual one took 270 s alone, its
-fine-tuning runs are not timed yet). The script prints an estimate for the flags given before it
-starts. Run it alone on the machine: other jobs on the 2 cores change every wall time.
+Duration on this project's 2-core VM, nothing else running (2026-12-03 evening): resnet18 --repeats 4
+(4 fastai + 4 cold + 1 warm pml_jax runs) 14.2 minutes, plus 2 for its pretraining when not cached;
+resnet50 with 2 seeds 24.5 minutes with its pretraining (263 s of training), with 4 seeds 31 minutes
+with the pretraining cached. The script prints an estimate for the flags given before it starts. Run
+it alone on the machine: other jobs on the 2 cores change every wall time.
 
 Difficulty (2026-12-03, zero_init_residual pretraining): on its own set at 64 px the resnet18
 pretraining reaches valid mAP 0.70 (0.90 without zero_init_residual), the resnet50 one 0.58 (0.35
 without). Fine-tuned at 128 px, resnet18 ends near mAP 0.52, accuracy_multi@0.2 about 0.40 and a best
-sweep accuracy near 0.79 (all-negative: 0.78): above chance in ranking, far from perfect.
+sweep accuracy near 0.79 (all-negative: 0.78), resnet50 near mAP 0.50 and accuracy_multi 0.37: above
+chance in ranking, far from perfect.
 --pretrain_size 128 and more pretraining epochs should transfer better, at several times the
 pretraining time.
 """
@@ -72,14 +73,15 @@ RECIPE = PRESETS["fastbook"]  # size, batch, min_scale, epochs, freeze_epochs, b
 EXTRA = ("torch", "torchvision", "fastai")  # the modules of pyproject's `fastai` extra
 PRETRAIN_SEED, FINETUNE_SEED = 1, 2  # generator seeds of the two sets
 PRETRAIN = PRESETS["demo"]  # the from-scratch recipe: its one-cycle lr peak (AdamW here), milder crops, flips
-# For the duration estimate only: training images/s on this project's 2-core VM at 128 px, batch 32
-# (bench/compare_torch.py, README "Performance"; fastai and pml_jax within ~15% of each other), the
-# PyTorch pretraining's images/s at 64 px (resnet18 measured, resnet50 scaled by FLOPs), a cold
-# pml_jax compile of the three steps, and the fixed cost of a process (imports, data, exit).
-RATES = {"resnet18": {"train": 40.0, "frozen": 70.0, "eval": 180.0, "pretrain64": 130.0},
-         "resnet50": {"train": 18.0, "frozen": 27.0, "eval": 70.0, "pretrain64": 55.0}}
-COLD_COMPILE_S = {"resnet18": 45.0, "resnet50": 120.0}
-PROCESS_S = 15.0
+# For the duration estimate only, measured by this script on this project's 2-core VM (2026-12-03,
+# batch 64, 128 px, the mean of fastai and pml_jax): images/s of the unfrozen and frozen train steps
+# and of validation (pml_jax's checkpoints included), the PyTorch pretraining's images/s at 64 px,
+# the extra seconds of a cold pml_jax run over a warm one (compiling), and the fixed seconds of a
+# process (imports, data, model, final report, exit).
+RATES = {"resnet18": {"train": 29.0, "frozen": 48.0, "eval": 90.0, "pretrain64": 113.0},
+         "resnet50": {"train": 11.0, "frozen": 17.0, "eval": 38.0, "pretrain64": 49.0}}
+COLD_COMPILE_S = {"resnet18": 10.0, "resnet50": 24.0}
+PROCESS_S = 20.0
 SAME = ["the pretrained weights (one .pth file)", "the images, labels, vocab and train/valid split (one CSV)",
         "the recipe: arch, fastai head, size, batch size, RandomResizedCrop min_scale, fine_tune schedule "
         "(lrs, moms, freeze), Adam and weight decay, BCE loss, the metrics and the sweep"]

@@ -88,7 +88,8 @@ def _num(x: float | None, digits: int = 4) -> str:
 
 
 def _clock(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
+    whole = round(seconds)  # rounded first: 179.6 s is 3 min 00 s, not 2 min 60 s
+    return f"{whole} s" if whole < 120 else f"{whole // 60} min {whole % 60:02d} s"
 
 
 def markdown(title: str, runs: list[dict], setup: list[str], same: list[str], differ: list[str],
