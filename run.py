@@ -1,8 +1,6 @@
 """Entry point: `python run.py --help`."""
 
-import sys
-
-from pml_jax.cli import main
+from pml_jax.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

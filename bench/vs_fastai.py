@@ -87,7 +87,8 @@ SAME = ["the pretrained weights (one .pth file)", "the images, labels, vocab and
         "(lrs, moms, freeze), Adam and weight decay, BCE loss, the metrics and the sweep"]
 DIFFER = ["the random crops, the shuffling and the head's initial values (torch's RNG vs pml_jax's seeded "
           "streams)", "the dropout masks", "float rounding (oneDNN vs XLA:CPU kernels)",
-          "pml_jax also writes a checkpoint per epoch, plots, tables and the final model; the fastai side "
+          "pml_jax also writes checkpoints (each phase's end, and every 5 minutes: `--checkpoint_minutes`), plots, "
+          "tables and the final model; the fastai side "
           "only trains, as the chapter does"]
 
 

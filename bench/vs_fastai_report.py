@@ -13,11 +13,13 @@ import statistics
 PARTS = ("startup", "compile", "train steps", "input wait", "eval", "between epochs", "after training", "exit")
 PART_NOTES = {
     "startup": "interpreter, imports, data table and checks, model and weights, until the first epoch starts",
-    "compile": "pml_jax: JAX's own log of tracing, lowering and XLA compilation (or loading from the cache)",
+    "compile": "pml_jax: JAX's own log of tracing, lowering and XLA compilation (or loading from the cache); "
+               "its background compiles overlap start-up and the first phase's steps, whose own parts shrink "
+               "by as much, so the parts still add up to the wall time",
     "train steps": "training loop time not spent waiting for a batch (or compiling)",
     "input wait": "training loop time blocked on the next batch",
     "eval": "validation after each epoch",
-    "between epochs": "pml_jax: the checkpoint after each epoch; fastai: callbacks and logging",
+    "between epochs": "pml_jax: checkpoints (each phase's end) and logging; fastai: callbacks and logging",
     "after training": "final predictions and the threshold sweep; pml_jax also writes its plots, tables and model",
     "exit": "from the last output to the process's end",
 }

@@ -26,3 +26,6 @@ MIN_SCALE = 0.35
 # exact path's images/s in bench/pipeline.py, mean |difference| to fastai's pixels 0.7-2.4 levels
 # of 255; False reproduces fastai bit for bit
 FAST_DECODE = True
+# the least minutes between two end-of-epoch checkpoints within a training phase (0: every epoch); a
+# phase's last epoch and a stop signal always save
+CHECKPOINT_MINUTES = 5.0

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pml_jax.choices import (ARCHS, AUGMENT_MODES, CACHE_MODES, FAST_DECODE, HEADS, MIN_SCALE, SOURCES,
-                              VOC_VALID_SPLITS)
+from pml_jax.choices import (ARCHS, AUGMENT_MODES, CACHE_MODES, CHECKPOINT_MINUTES, FAST_DECODE, HEADS, MIN_SCALE,
+                              SOURCES, VOC_VALID_SPLITS)
 from pml_jax.errors import PmlError
 from pml_jax.train.precision import DTYPES
 
@@ -76,6 +76,9 @@ class Config:
     # run
     seed: int = _field(42, "seed of everything random")
     workdir: str = _field("runs/demo", "where outputs and checkpoints go (a used one: the next free <workdir>-N)")
+    checkpoint_minutes: float = _field(
+        CHECKPOINT_MINUTES, "an epoch's end saves a checkpoint once this many minutes passed since the last one "
+        "(0: every epoch); a phase's last epoch and a stop signal always save")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -93,6 +96,8 @@ class Config:
             raise PmlError(f"thresh must be in [0, 1], got {self.thresh}")
         if not 0.0 <= self.pct_start <= 1.0:
             raise PmlError(f"pct_start must be in [0, 1], got {self.pct_start}")
+        if self.checkpoint_minutes < 0:
+            raise PmlError(f"checkpoint_minutes must be >= 0, got {self.checkpoint_minutes}")
         if self.base_lr <= 0 or self.wd < 0 or self.lr_mult <= 0:
             raise PmlError(f"need base_lr > 0, lr_mult > 0 and wd >= 0, got base_lr={self.base_lr} "
                            f"lr_mult={self.lr_mult} wd={self.wd}")

@@ -65,13 +65,19 @@ def load_items(cfg: Config, log: Callable[[str], None] = print) -> LabelledImage
     return items
 
 
-def data_loaders(cfg: Config, items: LabelledImages, log: Callable[[str], None] = print) -> DataLoaders:
-    """The config's loaders for `items`; logs the cache decision (kept in RAM or not, its size)."""
+def data_loaders(cfg: Config, items: LabelledImages, log: Callable[[str], None] | None = print) -> DataLoaders:
+    """The config's loaders for `items`; with `log`, logs the cache decision (kept in RAM or not, its
+    size: the image headers are read for it)."""
     dls = DataLoaders(items, size=cfg.size, batch_size=cfg.batch_size, seed=cfg.seed,
                       min_scale=cfg.min_scale, flip=cfg.flip, fast_decode=cfg.fast_decode,
                       cache=cfg.cache, augment=cfg.augment)
-    log(f"{dls.cache_decision().summary()}; train crops resized on the {dls.augment_on}")
+    if log is not None:
+        log_cache(dls, log)
     return dls
+
+
+def log_cache(dls: DataLoaders, log: Callable[[str], None]) -> None:
+    log(f"{dls.cache_decision().summary()}; train crops resized on the {dls.augment_on}")
 
 
 def run_folder(workdir: Path, resume: bool, log: Callable[[str], None] = print) -> Path:
@@ -134,7 +140,8 @@ def _learner(cfg: Config, dls: DataLoaders, model, variables: dict, log, workdir
     """A Learner with the config's settings for `model` on `dls`; checkpoints in `workdir` (None: none)."""
     meta = {"config": json.loads(cfg.to_json()), "vocab": list(dls.vocab)}
     return Learner(model, variables, dls, wd=cfg.wd, thresh=cfg.thresh, dtype=compute_dtype(cfg.dtype),
-                   seed=cfg.seed, workdir=workdir, log=log, meta=meta, writer=writer)
+                   seed=cfg.seed, workdir=workdir, log=log, meta=meta, writer=writer,
+                   checkpoint_minutes=cfg.checkpoint_minutes)
 
 
 def _fit(learner: Learner, cfg: Config, resume: bool, log) -> None:
@@ -148,16 +155,21 @@ def _fit(learner: Learner, cfg: Config, resume: bool, log) -> None:
 
 
 def train(cfg: Config, resume: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Train as the config says, then write every output; returns the results summary."""
+    """Train as the config says, then write every output; returns the results summary.
+
+    The model is built first and its steps compile in the background (`Learner.compile_ahead`)
+    while the data is read, checked and shown, and the run's first files are written."""
     cfg = cfg.replace(workdir=str(run_folder(Path(cfg.workdir), resume, log)))
     check_inputs(cfg)
-    dls = data_loaders(cfg, load_items(cfg, log), log)
-    log(header(cfg, dls, "train"))
+    dls = data_loaders(cfg, load_items(cfg, log), log=None)
     dls.check_fit()
-    workdir = write_run_files(cfg, dls)
-    writer = TensorBoard(workdir / "tb") if jax.process_index() == 0 else None
     model, variables = build_model(cfg, len(dls.vocab), cfg.pretrained)
-    learner = _learner(cfg, dls, model, variables, log, workdir, writer)
+    learner = _learner(cfg, dls, model, variables, log, Path(cfg.workdir))  # writes nothing yet
+    learner.compile_ahead([True, False] if cfg.schedule == "fine_tune" and cfg.freeze_epochs > 0 else [False])
+    log_cache(dls, log)
+    log(header(cfg, dls, "train"))
+    workdir = write_run_files(cfg, dls)
+    learner.writer = TensorBoard(workdir / "tb") if jax.process_index() == 0 else None
     try:
         _fit(learner, cfg, resume, log)
         summary, paths = results.report(learner.get_preds(), dls, cfg.thresh, workdir, log,
@@ -166,9 +178,9 @@ def train(cfg: Config, resume: bool = False, log: Callable[[str], None] = print)
         export_model(workdir / "model", {"params": learner.params, "batch_stats": learner.batch_stats},
                      cfg, dls.vocab, summary)
     finally:
-        learner.checkpoints.close()
-        if writer is not None:
-            writer.close()
+        learner.close()
+        if learner.writer is not None:
+            learner.writer.close()
     written = ["config.json", "vocab.json", "show_batch.png", "metrics.jsonl", "tb", "checkpoints"]
     results.log_outputs(workdir, [*(workdir / n for n in written), *paths, workdir / "model"], log)
     return summary

@@ -2,6 +2,9 @@
 
 import hashlib
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -108,3 +111,18 @@ def test_predict_on_only_unreadable_images_is_one_error(trained, tmp_path, capsy
     assert [line for line in err if line.startswith("error:")] == [err[-1]]
     assert any("broken.jpg" in line for line in err[:-1])
     assert sorted(p.name for p in workdir.iterdir()) == before
+
+
+@pytest.mark.parametrize("flags, code", [(["--help"], 0), (["--epochs", "0"], 2), (["--no_such_flag"], 2)])
+def test_the_console_entry_runs_exit_handlers_and_keeps_the_exit_status(flags, code, tmp_path):
+    """cli.run (run.py, pml-jax) ends the process itself after main: exit handlers still run, output
+    is flushed and main's status is the process's."""
+    script = ("import atexit, sys; from pml_jax import cli; "
+              "atexit.register(lambda: print('handler ran', flush=True)); "
+              f"sys.argv = ['run.py', *{flags!r}, '--workdir', {str(tmp_path / 'w')!r}]; cli.run()")
+    out = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == code, out.stderr[-2000:]
+    assert out.stdout.rstrip().endswith("handler ran")
+    assert ("error:" in out.stderr) == (code == 2)
+    assert not (tmp_path / "w").exists()

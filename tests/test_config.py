@@ -24,6 +24,7 @@ def test_fastbook_preset_is_the_chapter():
     ({"epochs": 0}, "epochs must be positive"),
     ({"min_scale": 0.0}, "min_scale"),
     ({"thresh": -0.1}, "thresh"),
+    ({"checkpoint_minutes": -1.0}, "checkpoint_minutes must be >= 0"),
     ({"no_such": 1}, "unknown config field"),
 ])
 def test_bad_values_are_refused(changes, message):

@@ -1,6 +1,7 @@
 """The Learner: fit/fine_tune loop, freezing, checkpoints and resume, lr_find, divergence."""
 
 import json
+import threading
 import time
 
 import jax
@@ -9,8 +10,11 @@ import pytest
 from tiny import Hooked, sigterm_at, tiny_dls, tiny_model
 
 from pml_jax.errors import PmlError
+from pml_jax.train import steps
 from pml_jax.train.interrupt import StopRequested
 from pml_jax.train.learner import Learner
+
+LOWERING = "/jax/core/compile/jaxpr_to_mlir_module_duration"  # jax.monitoring's event of each jit lowering
 
 
 @pytest.fixture(scope="module")
@@ -18,10 +22,10 @@ def data_root(tmp_path_factory):
     return tmp_path_factory.mktemp("synthetic")
 
 
-def make_learner(data_root, workdir=None, dls=None, seed=0):
+def make_learner(data_root, workdir=None, dls=None, seed=0, **kwargs):
     dls = dls or tiny_dls(data_root)
     model, variables = tiny_model(len(dls.vocab), seed)
-    return Learner(model, variables, dls, workdir=workdir, progress=False, log=lambda _: None, seed=seed)
+    return Learner(model, variables, dls, workdir=workdir, progress=False, log=lambda _: None, seed=seed, **kwargs)
 
 
 def leaves(tree):
@@ -38,6 +42,63 @@ def test_fit_one_cycle_logs_each_epoch_and_checkpoints(data_root, tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1]
     assert learn.checkpoints.latest_step() == 2 * learn.dls.steps_per_epoch
+
+
+def saved_steps(learn) -> list[int]:
+    return sorted(int(p.name) for p in learn.checkpoints.directory.iterdir() if p.name.isdigit())
+
+
+def recording_saves(learn) -> list[int]:
+    """The global steps `learn` saves checkpoints at, in order, from now on."""
+    steps, save = [], learn.checkpoints.save
+    learn.checkpoints.save = lambda step, *args: (steps.append(step), save(step, *args))
+    return steps
+
+
+@pytest.mark.parametrize("minutes", [0.0, 60.0])
+def test_checkpoints_at_phase_ends_and_epochs_once_the_interval_passed(data_root, tmp_path, minutes):
+    """0 minutes: every epoch saves; an hour: only each phase's last epoch."""
+    learn = make_learner(data_root, tmp_path, checkpoint_minutes=minutes)
+    spe = learn.dls.steps_per_epoch
+    saves = recording_saves(learn)
+    learn.fine_tune(2, base_lr=1e-2, freeze_epochs=2)
+    assert saves == ([spe, 2 * spe, 3 * spe, 4 * spe] if minutes == 0 else [2 * spe, 4 * spe])
+    assert saved_steps(learn) == ([3 * spe, 4 * spe] if minutes == 0 else [2 * spe, 4 * spe])  # the newest 2 kept
+
+
+def test_a_stop_at_an_epochs_end_saves_before_the_interval_passed(data_root, tmp_path):
+    dls = tiny_dls(data_root)
+    spe = dls.steps_per_epoch
+    learn = make_learner(data_root, tmp_path, dls=Hooked(dls, sigterm_at(spe - 1)), checkpoint_minutes=60)
+    with pytest.raises(StopRequested, match=f"at step {spe}, the end of an epoch"):
+        learn.fit_one_cycle(3, 1e-2)
+    assert saved_steps(learn) == [spe]
+
+
+@pytest.mark.parametrize("augment", ["host", "device"])
+def test_what_compiles_ahead_is_what_fine_tune_runs(data_root, augment):
+    """compile_ahead's programs (both train steps, the eval step, the epoch metrics) are the ones the
+    fit calls, which waits for those still compiling: the fit lowers none of them itself, on either
+    input path."""
+    steps._phase.cache_clear()  # fresh jitted steps: nothing cached by earlier tests
+    steps.make_eval_step.cache_clear()
+    learn = make_learner(data_root, dls=tiny_dls(data_root, augment=augment))
+    compile_step = learn._compile_train_step  # slowed down: the fit's first step waits for it in flight
+    learn._compile_train_step = lambda frozen: (time.sleep(1.0), compile_step(frozen))[1]
+    lowered = []
+
+    def listener(event, seconds, **kwargs):
+        if event == LOWERING and threading.current_thread() is threading.main_thread():
+            lowered.append(kwargs.get("fun_name", ""))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        learn.compile_ahead([True, False])  # the fit starts while they compile
+        learn.fine_tune(1, base_lr=1e-2, freeze_epochs=1)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert learn._ahead == {} and len(learn.history) == 2
+    assert not [name for name in lowered if "step" in name or "summary" in name], lowered
 
 
 def test_frozen_phase_trains_only_head_and_batchnorm(data_root):
@@ -120,7 +181,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(data_root, t
     def nan_targets(n, batch):
         return {**batch, "target": np.full_like(batch["target"], np.nan)} if n == at else batch
 
-    learn = make_learner(data_root, tmp_path, dls=Hooked(dls, nan_targets))
+    learn = make_learner(data_root, tmp_path, dls=Hooked(dls, nan_targets), checkpoint_minutes=0)
     with pytest.raises(PmlError, match=f"global step {at}"):
         learn.fit_one_cycle(2, 1e-2)
     assert learn.checkpoints.latest_step() == dls.steps_per_epoch

@@ -55,3 +55,23 @@ def test_model_steps_metrics_and_step_bench_run_without_tensorflow():
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_pipelines_tensorflow_loads_without_keras_and_leaves_it_importable():
+    """import_tf refuses TensorFlow's eager Keras import (~1 s), tf.data and the image ops work, and a
+    later `import keras` (and tf.keras) still loads."""
+    script = """
+import sys
+from pml_jax.data.tf_cpu import import_tf
+tf = import_tf()
+print(sorted(m for m in sys.modules if m == "keras" or m.startswith("keras.")))
+print(list(tf.data.Dataset.range(3).map(lambda x: x + 1).as_numpy_iterator()),
+      tuple(tf.image.resize(tf.zeros([4, 4, 3]), [2, 2]).shape))
+import keras
+print(keras.__name__, tf.keras.layers.Dense.__name__)
+"""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines()[-3:] == ["[]", "[np.int64(1), np.int64(2), np.int64(3)] (2, 2, 3)", "keras Dense"]

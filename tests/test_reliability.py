@@ -334,10 +334,10 @@ def tiny_root(tmp_path_factory):
     return tmp_path_factory.mktemp("tiny")
 
 
-def learner(root, workdir=None, dls=None):
+def learner(root, workdir=None, dls=None, **kwargs):
     dls = dls or tiny_dls(root)
     model, variables = tiny_model(len(dls.vocab))
-    return Learner(model, variables, dls, workdir=workdir, progress=False, log=lambda _: None)
+    return Learner(model, variables, dls, workdir=workdir, progress=False, log=lambda _: None, **kwargs)
 
 
 def test_sigterm_at_an_epochs_last_step_keeps_its_row_and_resume_rewrites_metrics(tiny_root, tmp_path):
@@ -370,7 +370,7 @@ def test_validation_image_deleted_mid_run_stops_naming_it_and_keeps_the_checkpoi
             os.rename(victim, victim + ".away")
         return batch
 
-    learn = learner(tiny_root, tmp_path, Hooked(dls, delete))
+    learn = learner(tiny_root, tmp_path, Hooked(dls, delete), checkpoint_minutes=0)  # a checkpoint every epoch
     try:
         with pytest.raises(PmlError, match=re.escape(victim)):
             learn.fit_one_cycle(2, 1e-2)

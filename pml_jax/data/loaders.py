@@ -50,6 +50,18 @@ class DataLoaders:
         """Train batches per epoch (the last partial batch is dropped, as fastai does)."""
         return train_steps(self.items, self.batch_size)
 
+    def batch_shapes(self, train: bool) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """(shape, dtype) of every entry of a GLOBAL train (after `finish`) or validation batch:
+        image uint8 [B, size, size, 3], target float32 [B, C], mask bool [B]."""
+        b = self.batch_size
+        return {"image": ((b, self.size, self.size, 3), np.dtype(np.uint8)),
+                "target": ((b, len(self.vocab)), np.dtype(np.float32)), "mask": ((b,), np.dtype(bool))}
+
+    @property
+    def valid_rows(self) -> int:
+        """Rows of the gathered validation predictions: the split padded to whole global batches."""
+        return eval_steps(self.items, self.batch_size) * self.batch_size
+
     def check_fit(self) -> None:
         """PmlError unless the train split fills one batch and the validation split has an item."""
         n_train = len(self.items.subset(False))
@@ -77,8 +89,7 @@ class DataLoaders:
         """Bytes the cache holds when full: the decoded train images (from their headers) and the
         resized validation batches."""
         hw = pipeline.image_sizes(self.items, False, self.store).astype(np.int64)
-        n_valid = eval_steps(self.items, self.batch_size) * self.batch_size
-        return int((hw[:, 0] * hw[:, 1]).sum() * 3 + n_valid * self.size * self.size * 3)
+        return int((hw[:, 0] * hw[:, 1]).sum() * 3 + self.valid_rows * self.size * self.size * 3)
 
     def cache_decision(self) -> CacheDecision:
         """Whether the images are kept in RAM (decided once per `cache` mode; print .summary())."""

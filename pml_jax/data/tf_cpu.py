@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 _ACCELERATORS_HIDDEN = False
 
@@ -13,8 +14,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def import_tf():
-    """TensorFlow with GPUs/TPUs hidden from it, so JAX owns the accelerators."""
+    """TensorFlow with GPUs/TPUs hidden from it, so JAX owns the accelerators.
+
+    TensorFlow's `__init__` imports Keras eagerly (to register its optimizers for SavedModel), ~1 s
+    of the ~4 s import here, and the pipelines never use Keras: unless Keras is already loaded, that
+    import is refused (TF catches the ImportError) and `keras` stays importable afterwards.
+    """
     global _ACCELERATORS_HIDDEN
+    if "tensorflow" not in sys.modules and "keras" not in sys.modules:
+        sys.modules["keras"] = None  # an ImportError for `import keras...` while TensorFlow loads
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            del sys.modules["keras"]
     import tensorflow as tf
 
     if not _ACCELERATORS_HIDDEN:

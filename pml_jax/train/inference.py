@@ -16,12 +16,6 @@ from pml_jax.train.steps import make_eval_step
 
 
 @functools.lru_cache(maxsize=8)
-def _eval_step(model, dtype):
-    """The jitted eval step of `model` at `dtype`, compiled once however often predictions are asked for."""
-    return make_eval_step(model, dtype)
-
-
-@functools.lru_cache(maxsize=8)
 def _gather(mesh: Mesh):
     """Concatenate per-batch outputs in one program whose result every device (so every process) holds."""
     return jax.jit(lambda parts: tuple(jnp.concatenate(column) for column in zip(*parts)),
@@ -39,7 +33,7 @@ def predict_batches(model, variables: dict, batches: Iterable[dict], mesh: Mesh 
     progress: the label of a progress bar (None: no bar).
     """
     mesh = mesh if mesh is not None else make_mesh()
-    step = _eval_step(model, dtype)
+    step = make_eval_step(model, dtype)
     params, batch_stats = replicate((variables["params"], variables["batch_stats"]), mesh)
     parts = []
     for batch in tqdm(batches, desc=progress, leave=False, disable=None if progress else True):

@@ -1,34 +1,39 @@
 """The Learner: fastai's fit_one_cycle / fine_tune / lr_find loop around the jitted steps.
 
-One global step counter (it names the checkpoints too), one checkpoint per epoch (and on
-SIGINT/SIGTERM), and a run that resumes from a checkpoint replays exactly what an uninterrupted
-run would have done.
+One global step counter (it names the checkpoints too); a checkpoint at the end of each phase, at
+an epoch's end once `checkpoint_minutes` passed since the last one, and on SIGINT/SIGTERM; a run
+that resumes from a checkpoint replays exactly what an uninterrupted run would have done.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm.auto import tqdm
 
+from pml_jax.choices import CHECKPOINT_MINUTES
 from pml_jax.errors import PmlError
 from pml_jax.metrics import epoch_metrics
 from pml_jax.train.checkpoint import Checkpoints
 from pml_jax.train.groups import N_GROUPS
 from pml_jax.train.interrupt import StopRequested, StopSignal
-from pml_jax.train.mesh import check_batch_size, make_mesh, replicate, shard_batch
+from pml_jax.train.mesh import batch_sharding, check_batch_size, make_mesh, replicate, shard_batch
 from pml_jax.train.optim import WD
 from pml_jax.train.schedules import (Phase, SmoothLoss, fine_tune_plan, locate_step, lr_find_schedule,
                                      lr_find_should_stop, lr_find_suggestion, one_cycle, phase_starts)
 from pml_jax.train.inference import predict_batches
-from pml_jax.train.steps import TrainState, setup_phase
+from pml_jax.train.steps import TrainState, make_eval_step, setup_phase
 
 # Wall-clock fields of an epoch row (they differ run to run): the epoch's time, its training
 # images/s (all processes; the first epoch of a phase includes compiling the step) and the share
@@ -59,6 +64,8 @@ class Learner:
 
     wd: decoupled weight decay; thresh: accuracy_multi's threshold in the epoch table;
     dtype: compute dtype (params stay float32); workdir: checkpoints and metrics.jsonl go there;
+    checkpoint_minutes: the least minutes between two end-of-epoch checkpoints inside a phase (0: after
+    every epoch; a phase's last epoch always saves);
     log: called with each printed line (default print); writer: `scalars(step, dict)` sink
     (e.g. train.tensorboard.TensorBoard) for per-step loss, lrs and momentum and per-epoch metrics.
     """
@@ -66,7 +73,7 @@ class Learner:
     def __init__(self, model, variables: dict, dls, *, wd: float = WD, thresh: float = 0.5,
                  dtype=jnp.float32, seed: int = 0, workdir: str | Path | None = None,
                  mesh=None, log: Callable[[str], None] = print, progress: bool = True,
-                 meta: dict | None = None, writer=None):
+                 meta: dict | None = None, writer=None, checkpoint_minutes: float = CHECKPOINT_MINUTES):
         self.model, self.dls, self.wd, self.thresh, self.dtype = model, dls, wd, thresh, dtype
         self.mesh = mesh if mesh is not None else make_mesh()
         check_batch_size(dls.batch_size, self.mesh)
@@ -75,13 +82,73 @@ class Learner:
         self.key = jax.random.key(seed)
         self.log, self.progress, self.writer = log, progress, writer  # writer: TensorBoard or None
         self.workdir = Path(workdir) if workdir is not None else None
-        self.checkpoints = Checkpoints(self.workdir / "checkpoints") if self.workdir else None
+        self.checkpoint_seconds = 60.0 * checkpoint_minutes
+        self._saved_at = time.monotonic()  # when the last checkpoint was saved (or the learner made)
         self.meta = dict(meta or {})  # extra JSON saved with each checkpoint (config, vocab, ...)
         self.history: list[dict] = []
         self.step_losses: list[float] = []  # the raw training loss of every global step, in order
         self.smooth_loss = SmoothLoss()  # the current phase's smoothed training loss
         self._resume: dict | None = None
         self._preds: tuple | None = None  # ((params, batch_stats, dls), get_preds' output) of the last one
+        self._ahead: dict[tuple, Future] = {}  # programs `compile_ahead` compiles, by key
+
+    @functools.cached_property
+    def checkpoints(self) -> Checkpoints | None:
+        """The store in workdir/checkpoints (None without a workdir), created when first used."""
+        return Checkpoints(self.workdir / "checkpoints") if self.workdir else None
+
+    def close(self) -> None:
+        """Finish writing checkpoints and release the store, if one was opened."""
+        if self.__dict__.get("checkpoints") is not None:
+            self.checkpoints.close()
+
+    # ----------------------------------------------------------------- compiling ahead
+    def compile_ahead(self, frozen: Sequence[bool]) -> None:
+        """Compile in a background thread, one after another, the train step of the first freeze
+        state in `frozen`, the eval step with the epoch metrics, then the train steps of the other
+        states, for this learner's batches. Each program's first use waits for its compile (nothing
+        compiles twice). Call it before slow single-threaded work (loading data, show_batch): XLA
+        then uses the cores that work leaves idle, and later phases' steps compile while the first
+        phase trains."""
+        states = list(dict.fromkeys(frozen))
+        jobs = [(("train", f), self._compile_train_step, f) for f in states[:1]]
+        jobs += [(("eval",), self._compile_eval, None)]
+        jobs += [(("train", f), self._compile_train_step, f) for f in states[1:]]
+        futures = [Future() for _ in jobs]
+        self._ahead = {key: future for (key, _, _), future in zip(jobs, futures)}
+
+        def work():
+            for (_, compile_one, arg), future in zip(jobs, futures):
+                try:
+                    future.set_result(compile_one(arg))
+                except BaseException as e:  # noqa: BLE001 - handed to whoever waits for it
+                    future.set_exception(e)
+
+        threading.Thread(target=work, name="pml_jax compile ahead", daemon=True).start()
+
+    def _wait_ahead(self, *key) -> None:
+        """Block until the program `key` (('train', frozen) or ('eval',)) compiled ahead, if it was asked for."""
+        if key in self._ahead:
+            self._ahead.pop(key).result()
+
+    def _compile_train_step(self, frozen: bool) -> None:
+        """Lower and compile the train step with the exact shapes, dtypes and shardings of
+        `_run_phase`'s calls, so its jit cache hits."""
+        train = _sharded_like(self.dls.batch_shapes(True), self.mesh)
+        setup = setup_phase(self.model, self.params, self.batch_stats, frozen, wd=self.wd, dtype=self.dtype)
+        state = TrainState(self.params, self.batch_stats, replicate(setup.opt_state, self.mesh))
+        lrs, moms = jnp.zeros((1, N_GROUPS), jnp.float32), jnp.zeros((1,), jnp.float32)
+        args = (state, train, lrs[0], moms[0], jax.random.fold_in(self.key, 0))  # as `_run_phase` calls it
+        setup.step.lower(*_abstract(args)).compile()
+
+    def _compile_eval(self, _=None) -> None:
+        """The eval step as `predict_batches` calls it, and the epoch metrics run once on zeros (they cost nothing)."""
+        valid = _sharded_like(self.dls.batch_shapes(False), self.mesh)
+        variables = replicate((self.params, self.batch_stats), self.mesh)
+        make_eval_step(self.model, self.dtype).lower(*_abstract(variables), valid).compile()
+        rows, n_classes = self.dls.valid_rows, len(self.dls.vocab)
+        zeros = replicate(jnp.zeros((rows, n_classes), jnp.float32), self.mesh)  # as gathered predictions
+        epoch_metrics(zeros, zeros, replicate(jnp.ones((rows,), bool), self.mesh), thresh=self.thresh)
 
     # ----------------------------------------------------------------- schedules
     def fit_one_cycle(self, epochs: int, lr_max=3e-3, pct_start: float = 0.25, div: float = 25.0,
@@ -103,9 +170,8 @@ class Learner:
         """Run each phase (fresh optimizer state at each), epoch by epoch, validating after each.
 
         Returns the epoch rows. SIGINT/SIGTERM saves a checkpoint mid-epoch and raises
-        StopRequested; `resume()` before this call continues from the newest checkpoint. Each
-        epoch's checkpoint is written while the next one trains; all are on disk when this returns
-        or raises.
+        StopRequested; `resume()` before this call continues from the newest checkpoint. Checkpoints
+        (see the class) are on disk when this returns or raises.
         """
         if any(p.epochs > 0 for p in phases):
             self.dls.check_fit()
@@ -141,6 +207,7 @@ class Learner:
         """Phase `p` of `phases` from its step `start`; resumed: (optimizer state, SmoothLoss)
         of a checkpoint `start` steps in, or None for a fresh start."""
         phase, spe = phases[p], phases[p].steps_per_epoch
+        self._wait_ahead("train", phase.frozen)
         setup = setup_phase(self.model, self.params, self.batch_stats, phase.frozen, wd=self.wd, dtype=self.dtype)
         opt_state, self.smooth_loss = resumed or (setup.opt_state, SmoothLoss())
         state = TrainState(self.params, self.batch_stats, replicate(opt_state, self.mesh))
@@ -179,8 +246,11 @@ class Learner:
                    "train_img_s": (spe - first) * self.dls.batch_size / train_seconds,
                    "input_wait": waits.seconds / train_seconds}
             self._log_row(row, end)
-            self._save(end, state.opt_state, phase.frozen)  # a phase's last one: resume starts the next
-            if signals.should_stop(now=True):
+            stop = signals.should_stop(now=True)
+            # a phase's last epoch always saves: resuming there starts the next phase
+            if stop or epoch + 1 == phase.epochs or self._checkpoint_due():
+                self._save(end, state.opt_state, phase.frozen)
+            if stop:
                 raise StopRequested(f"stopped by signal {signals.agreed} at step {end}, the end of an epoch")
 
     def _record(self, s: int, loss, phase: Phase, step0: int, bar) -> None:
@@ -217,6 +287,7 @@ class Learner:
         inputs = (self.params, self.batch_stats, self.dls)
         if self._preds is not None and all(a is b for a, b in zip(self._preds[0], inputs)):
             return self._preds[1]
+        self._wait_ahead("eval")
         preds = predict_batches(self.model, {"params": self.params, "batch_stats": self.batch_stats},
                                 self.dls.valid(), self.mesh, self.dtype,
                                 progress="validating" if self.progress else None)
@@ -240,6 +311,7 @@ class Learner:
         {'lrs', 'losses' (smoothed), 'suggestion', 'point'}.
         """
         lrs_all = lr_find_schedule(start_lr, end_lr, num_it)
+        self._wait_ahead("train", frozen)
         setup = setup_phase(self.model, self.params, self.batch_stats, frozen, wd=self.wd, dtype=self.dtype)
         state = TrainState(jax.tree.map(jnp.copy, self.params), jax.tree.map(jnp.copy, self.batch_stats),
                            replicate(setup.opt_state, self.mesh))
@@ -261,6 +333,15 @@ class Learner:
             epoch += 1
 
     # ----------------------------------------------------------------- checkpoints
+    def _checkpoint_due(self) -> bool:
+        """Whether `checkpoint_seconds` passed since the last save (process 0's clock decides for all)."""
+        due = time.monotonic() - self._saved_at >= self.checkpoint_seconds
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            due = bool(multihost_utils.broadcast_one_to_all(np.bool_(due)))
+        return due
+
     def _save(self, step: int, opt_state, frozen: bool) -> None:
         """Checkpoint `step` (the global step): params, stats, the phase's optimizer state, and as
         meta the phase's freeze state, smoothed loss, the epoch rows and the step losses so far."""
@@ -270,6 +351,7 @@ class Learner:
         meta = {**self.meta, "frozen": frozen, "smooth_loss": dataclasses.asdict(self.smooth_loss),
                 "history": self.history, "step_losses": self.step_losses}
         self.checkpoints.save(step, state, meta)
+        self._saved_at = time.monotonic()
 
     def resume(self) -> bool:
         """Load the newest checkpoint in workdir, if any, so the next fit continues from it.
@@ -312,8 +394,28 @@ class Learner:
     def _write_metrics(self, rows: list[dict], mode: str) -> None:
         """Append (mode 'a') or rewrite ('w') workdir/metrics.jsonl, one JSON row per epoch."""
         if self.workdir is not None and jax.process_index() == 0:
+            self.workdir.mkdir(parents=True, exist_ok=True)
             with open(self.workdir / "metrics.jsonl", mode) as f:
                 f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def _abstract(tree):
+    """jax.ShapeDtypeStruct of every array of `tree` as jit sees it: a committed array's sharding, none
+    for an uncommitted one (ShapeDtypeStructs pass through)."""
+    def like(x):
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return x
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding if x.committed else None,
+                                    weak_type=getattr(x, "weak_type", False))  # a PRNG key array has none
+
+    return jax.tree.map(like, tree)
+
+
+def _sharded_like(shapes: dict, mesh) -> dict:
+    """{name: ShapeDtypeStruct} of a global batch from (shape, dtype) pairs, split over `mesh` as
+    `shard_batch` splits it."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for k, (shape, dtype) in shapes.items()}
 
 
 def _clock(seconds: float) -> str:

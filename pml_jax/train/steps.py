@@ -86,20 +86,31 @@ class PhaseSetup(NamedTuple):
     opt_state: AdamState  # a fresh optimizer state of the phase's trainable params
 
 
+@functools.lru_cache(maxsize=16)
+def _phase(model, frozen: bool, wd: float, dtype, params_def, stats_def) -> tuple:
+    """(jitted step, optimizer, trainable mask) of a freeze state, one per model and param tree
+    structure, so every phase, lr_find and a compile ahead (`Learner.compile_ahead`) share its
+    compiled program."""
+    params, batch_stats = (jax.tree.unflatten(d, [0] * d.num_leaves) for d in (params_def, stats_def))
+    trainable = trainable_mask(params, batch_stats, frozen)
+    tx = fastai_adam(param_groups(params), decay_mask(params, batch_stats), wd=wd)
+    return make_train_step(model, tx, trainable, dtype), tx, trainable
+
+
 def setup_phase(model, params: Any, batch_stats: Any, frozen: bool, *, wd: float = WD,
                 dtype=jnp.float32) -> PhaseSetup:
     """The train step and fresh fastai Adam state of a phase with the body `frozen` or not:
     `groups.trainable_mask` picks what trains, with fastai's parameter groups and decay mask."""
-    trainable = trainable_mask(params, batch_stats, frozen)
-    tx = fastai_adam(param_groups(params), decay_mask(params, batch_stats), wd=wd)
-    return PhaseSetup(make_train_step(model, tx, trainable, dtype), tx.init(split_trainable(params, trainable)[0]))
+    step, tx, trainable = _phase(model, frozen, wd, dtype, jax.tree.structure(params), jax.tree.structure(batch_stats))
+    return PhaseSetup(step, tx.init(split_trainable(params, trainable)[0]))
 
 
+@functools.lru_cache(maxsize=8)
 def make_eval_step(model, dtype=jnp.float32) -> Callable:
     """Compile `step(params, batch_stats, batch) -> (probs float32 [B,C], loss float32 [B])`.
 
     Eval mode (running BatchNorm stats, no dropout); the loss is per item so padded rows can be
-    masked out by the caller.
+    masked out by the caller. One per model and dtype: it compiles once however often it is asked for.
     """
 
     def step(params, batch_stats, batch: dict):
