@@ -31,11 +31,11 @@ went (compile from JAX_LOG_COMPILES=1, input wait and step time from metrics.jso
 and outputs from the timestamps of the run's output lines), each library's seed spread next to
 the gap between them.
 
-Duration on this project's 2-core VM, nothing else running (2026-12-03 evening): resnet18 --repeats 4
-(4 fastai + 4 cold + 1 warm pml_jax runs) 14.2 minutes, plus 2 for its pretraining when not cached;
-resnet50 with 2 seeds 24.5 minutes with its pretraining (263 s of training), with 4 seeds 31 minutes
-with the pretraining cached. The script prints an estimate for the flags given before it starts. Run
-it alone on the machine: other jobs on the 2 cores change every wall time.
+Duration on this project's 2-core VM, nothing else running (2026-12-07): resnet18 --repeats 4
+(4 fastai + 4 cold + 1 warm pml_jax runs) 11.5 minutes, plus 2 for its pretraining when not cached;
+resnet50 with 2 seeds 17.5 minutes with its pretraining (225 s of training). The script prints an
+estimate for the flags given before it starts. Run it alone on the machine: other jobs on the 2 cores
+change every wall time.
 
 Difficulty (2026-12-03, zero_init_residual pretraining): on its own set at 64 px the resnet18
 pretraining reaches valid mAP 0.70 (0.90 without zero_init_residual), the resnet50 one 0.58 (0.35
