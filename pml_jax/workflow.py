@@ -77,6 +77,7 @@ def data_loaders(cfg: Config, items: LabelledImages, log: Callable[[str], None] 
 
 
 def log_cache(dls: DataLoaders, log: Callable[[str], None]) -> None:
+    """Log whether the images are kept in RAM (the headers are read to decide) and where crops are resized."""
     log(f"{dls.cache_decision().summary()}; train crops resized on the {dls.augment_on}")
 
 

@@ -50,8 +50,8 @@ class DataLoaders:
         """Train batches per epoch (the last partial batch is dropped, as fastai does)."""
         return train_steps(self.items, self.batch_size)
 
-    def batch_shapes(self, train: bool) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        """(shape, dtype) of every entry of a GLOBAL train (after `finish`) or validation batch:
+    def batch_shapes(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """(shape, dtype) of every entry of a GLOBAL batch, train (after `finish`) and validation alike:
         image uint8 [B, size, size, 3], target float32 [B, C], mask bool [B]."""
         b = self.batch_size
         return {"image": ((b, self.size, self.size, 3), np.dtype(np.uint8)),

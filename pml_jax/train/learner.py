@@ -134,7 +134,7 @@ class Learner:
     def _compile_train_step(self, frozen: bool) -> None:
         """Lower and compile the train step with the exact shapes, dtypes and shardings of
         `_run_phase`'s calls, so its jit cache hits."""
-        train = _sharded_like(self.dls.batch_shapes(True), self.mesh)
+        train = _sharded_like(self.dls.batch_shapes(), self.mesh)
         setup = setup_phase(self.model, self.params, self.batch_stats, frozen, wd=self.wd, dtype=self.dtype)
         state = TrainState(self.params, self.batch_stats, replicate(setup.opt_state, self.mesh))
         lrs, moms = jnp.zeros((1, N_GROUPS), jnp.float32), jnp.zeros((1,), jnp.float32)
@@ -143,7 +143,7 @@ class Learner:
 
     def _compile_eval(self, _=None) -> None:
         """The eval step as `predict_batches` calls it, and the epoch metrics run once on zeros (they cost nothing)."""
-        valid = _sharded_like(self.dls.batch_shapes(False), self.mesh)
+        valid = _sharded_like(self.dls.batch_shapes(), self.mesh)
         variables = replicate((self.params, self.batch_stats), self.mesh)
         make_eval_step(self.model, self.dtype).lower(*_abstract(variables), valid).compile()
         rows, n_classes = self.dls.valid_rows, len(self.dls.vocab)
