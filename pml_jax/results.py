@@ -33,11 +33,12 @@ def summarize(probs, targs, mask, vocab: Sequence[str], thresh: float) -> dict:
     voc07_mAP, f1_micro, f1_macro, per_class_thresholds and per_class_ap (class -> value), and the
     sweep (thresholds, accuracy_multi, f1_micro curves) over the seed's 29-point grid.
     """
-    m = jax.device_get(epoch_metrics(probs, targs, mask, thresh=thresh, thresholds=DEFAULT_THRESHOLDS))
-    probs, targs, keep = (np.asarray(x) for x in jax.device_get((probs, targs, mask)))  # one transfer
-    per_class = np.asarray(per_class_thresholds(probs[keep], targs[keep], thresholds=PER_CLASS_GRID))
+    m, per_class, keep = jax.device_get((
+        epoch_metrics(probs, targs, mask, thresh=thresh, thresholds=DEFAULT_THRESHOLDS),
+        per_class_thresholds(probs, targs, thresholds=PER_CLASS_GRID, mask=mask), mask))
+    per_class = np.asarray(per_class)
     return {
-        "n_valid": int(keep.sum()), "thresh": float(thresh),
+        "n_valid": int(np.sum(keep)), "thresh": float(thresh),
         "accuracy_multi": float(m["accuracy_multi"]), "best_thresh": float(m["best_thresh"]),
         "best_accuracy": float(m["best_accuracy"]), "mAP": float(m["mAP"]),
         "voc07_mAP": float(m["voc07_mAP"]), "f1_micro": float(m["f1_micro"]),
@@ -47,6 +48,13 @@ def summarize(probs, targs, mask, vocab: Sequence[str], thresh: float) -> dict:
                   "accuracy_multi": np.asarray(m["sweep_accuracy"]).tolist(),
                   "f1_micro": np.asarray(m["sweep_f1_micro"]).tolist()},
     }
+
+
+def compile_summary(rows: int, n_classes: int, thresh: float, sharding) -> None:
+    """Run `summarize`'s programs once on zeros shaped and placed as `rows` gathered predictions of
+    `n_classes` (`sharding`: where `predict_batches` puts them), so the report compiles nothing."""
+    zeros = jax.device_put(np.zeros((rows, n_classes), np.float32), sharding)
+    summarize(zeros, zeros, jax.device_put(np.ones(rows, bool), sharding), [""] * n_classes, thresh)
 
 
 def predicted_labels(probs: np.ndarray, vocab: Sequence[str], cut) -> list[str]:

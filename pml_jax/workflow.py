@@ -13,6 +13,7 @@ lr_find.json. Every file is written by process 0 only.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Callable
@@ -33,6 +34,7 @@ from pml_jax.export import build_model, export_model, load_model
 from pml_jax.models import fetch
 from pml_jax.train.inference import predict_batches
 from pml_jax.train.learner import Learner
+from pml_jax.train.mesh import replicated
 from pml_jax.train.precision import compute_dtype
 from pml_jax.train.tensorboard import TensorBoard
 
@@ -166,13 +168,17 @@ def train(cfg: Config, resume: bool = False, log: Callable[[str], None] = print)
     dls.check_fit()
     model, variables = build_model(cfg, len(dls.vocab), cfg.pretrained)
     learner = _learner(cfg, dls, model, variables, log, Path(cfg.workdir))  # writes nothing yet
-    learner.compile_ahead([True, False] if cfg.schedule == "fine_tune" and cfg.freeze_epochs > 0 else [False])
+    report_ahead = functools.partial(results.compile_summary, dls.valid_rows, len(dls.vocab), cfg.thresh,
+                                     replicated(learner.mesh))
+    learner.compile_ahead([True, False] if cfg.schedule == "fine_tune" and cfg.freeze_epochs > 0 else [False],
+                          then=[report_ahead])
     log_cache(dls, log)
     log(header(cfg, dls, "train"))
     workdir = write_run_files(cfg, dls)
     learner.writer = TensorBoard(workdir / "tb") if jax.process_index() == 0 else None
     try:
         _fit(learner, cfg, resume, log)
+        learner.wait_ahead()
         summary, paths = results.report(learner.get_preds(), dls, cfg.thresh, workdir, log,
                                         seed=cfg.source == "pascal_2007" and cfg.arch == "resnet50",
                                         training=(learner.history, learner.step_losses))

@@ -77,9 +77,10 @@ def test_a_stop_at_an_epochs_end_saves_before_the_interval_passed(data_root, tmp
 
 @pytest.mark.parametrize("augment", ["host", "device"])
 def test_what_compiles_ahead_is_what_fine_tune_runs(data_root, augment):
-    """compile_ahead's programs (both train steps, the eval step, the epoch metrics) are the ones the
-    fit calls, which waits for those still compiling: the fit lowers none of them itself, on either
-    input path."""
+    """compile_ahead's programs (both train steps, the eval step, the gather of its outputs, the epoch
+    metrics) are the ones the fit calls, which waits for those still compiling: the fit lowers no
+    program itself (the schedule and the valid loss are read on the host), on either input path,
+    but the device path's resize of its crop buffers, whose shape the image sizes decide."""
     steps._phase.cache_clear()  # fresh jitted steps: nothing cached by earlier tests
     steps.make_eval_step.cache_clear()
     learn = make_learner(data_root, dls=tiny_dls(data_root, augment=augment))
@@ -98,7 +99,7 @@ def test_what_compiles_ahead_is_what_fine_tune_runs(data_root, augment):
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert learn._ahead == {} and len(learn.history) == 2
-    assert not [name for name in lowered if "step" in name or "summary" in name], lowered
+    assert [name for name in lowered if name != "jit(finish_batch)"] == []
 
 
 def test_frozen_phase_trains_only_head_and_batchnorm(data_root):
@@ -224,3 +225,28 @@ def test_wait_clock_counts_only_the_time_spent_in_next():
         time.sleep(0.2)  # the consumer's own work is not waiting
     assert seen == [0, 1, 2]
     assert 0.06 * 0.99 <= clock.seconds < 0.06 + 0.3  # counting the consumer's work would give >= 0.66
+
+
+def test_a_training_run_compiles_nothing_on_the_main_thread_once_it_trains(tmp_path, monkeypatch):
+    """`workflow.train` compiles its steps, validation and report ahead: from the first step to the
+    closing line the main thread lowers no program (a lowering there would wait behind the
+    background compiles)."""
+    from pml_jax.cli import main
+
+    steps._phase.cache_clear()
+    steps.make_eval_step.cache_clear()
+    fit, started, lowered = Learner.fit_phases, [], []
+    monkeypatch.setattr(Learner, "fit_phases", lambda self, phases: (started.append(1), fit(self, phases))[1])
+
+    def listener(event, seconds, **kwargs):
+        if event == LOWERING and started and threading.current_thread() is threading.main_thread():
+            lowered.append(kwargs.get("fun_name", ""))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        assert main(["--synthetic_images", "40", "--size", "32", "--batch_size", "8", "--epochs", "1",
+                     "--freeze_epochs", "1", "--schedule", "fine_tune", "--arch", "resnet18",
+                     "--data_path", str(tmp_path / "data"), "--workdir", str(tmp_path / "run")]) == 0
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert started and lowered == []

@@ -44,3 +44,14 @@ def predict_batches(model, variables: dict, batches: Iterable[dict], mesh: Mesh 
     if not parts:
         raise PmlError("nothing to predict on: no batches (an empty split?)")
     return _gather(mesh)(parts)
+
+
+def compile_predict(model, variables, batch, n_batches: int, mesh: Mesh, dtype=jnp.float32) -> None:
+    """Compile what `predict_batches` runs over `n_batches` batches like `batch` (ShapeDtypeStructs of
+    a global batch, sharded as `shard_batch` shards it) with `variables` (params, batch_stats) as
+    arrays or ShapeDtypeStructs, replicated on `mesh`: the eval step and the gather of its outputs,
+    so neither compiles when the predictions are made."""
+    step = make_eval_step(model, dtype).lower(*variables, batch).compile()
+    probs, loss = (jax.ShapeDtypeStruct(o.shape, o.dtype, sharding=s)
+                   for o, s in zip(step.out_info, step.output_shardings))
+    _gather(mesh).lower([(probs, batch["target"], batch["mask"], loss)] * n_batches).compile()

@@ -32,8 +32,8 @@ from pml_jax.train.mesh import batch_sharding, check_batch_size, make_mesh, repl
 from pml_jax.train.optim import WD
 from pml_jax.train.schedules import (Phase, SmoothLoss, fine_tune_plan, locate_step, lr_find_schedule,
                                      lr_find_should_stop, lr_find_suggestion, one_cycle, phase_starts)
-from pml_jax.train.inference import predict_batches
-from pml_jax.train.steps import TrainState, make_eval_step, setup_phase
+from pml_jax.train.inference import compile_predict, predict_batches
+from pml_jax.train.steps import TrainState, setup_phase
 
 # Wall-clock fields of an epoch row (they differ run to run): the epoch's time, its training
 # images/s (all processes; the first epoch of a phase includes compiling the step) and the share
@@ -103,17 +103,18 @@ class Learner:
             self.checkpoints.close()
 
     # ----------------------------------------------------------------- compiling ahead
-    def compile_ahead(self, frozen: Sequence[bool]) -> None:
+    def compile_ahead(self, frozen: Sequence[bool], then: Sequence[Callable[[], None]] = ()) -> None:
         """Compile in a background thread, one after another, the train step of the first freeze
         state in `frozen`, the eval step with the epoch metrics, then the train steps of the other
-        states, for this learner's batches. Each program's first use waits for its compile (nothing
-        compiles twice). Call it before slow single-threaded work (loading data, show_batch): XLA
-        then uses the cores that work leaves idle, and later phases' steps compile while the first
-        phase trains."""
+        states, for this learner's batches, and last run `then` (what compiles the programs that
+        follow the fit). Each program's first use waits for its compile (nothing compiles twice).
+        Call it before slow single-threaded work (loading data, show_batch): XLA then uses the
+        cores that work leaves idle, and later phases' steps compile while the first phase trains."""
         states = list(dict.fromkeys(frozen))
         jobs = [(("train", f), self._compile_train_step, f) for f in states[:1]]
         jobs += [(("eval",), self._compile_eval, None)]
         jobs += [(("train", f), self._compile_train_step, f) for f in states[1:]]
+        jobs += [(("then", i), lambda fn: fn(), fn) for i, fn in enumerate(then)]
         futures = [Future() for _ in jobs]
         self._ahead = {key: future for (key, _, _), future in zip(jobs, futures)}
 
@@ -131,22 +132,28 @@ class Learner:
         if key in self._ahead:
             self._ahead.pop(key).result()
 
+    def wait_ahead(self) -> None:
+        """Block until everything `compile_ahead` was asked for is done; raises what a job raised."""
+        for key in list(self._ahead):
+            self._wait_ahead(*key)
+
     def _compile_train_step(self, frozen: bool) -> None:
         """Lower and compile the train step with the exact shapes, dtypes and shardings of
         `_run_phase`'s calls, so its jit cache hits."""
         train = _sharded_like(self.dls.batch_shapes(), self.mesh)
         setup = setup_phase(self.model, self.params, self.batch_stats, frozen, wd=self.wd, dtype=self.dtype)
         state = TrainState(self.params, self.batch_stats, replicate(setup.opt_state, self.mesh))
-        lrs, moms = jnp.zeros((1, N_GROUPS), jnp.float32), jnp.zeros((1,), jnp.float32)
-        args = (state, train, lrs[0], moms[0], jax.random.fold_in(self.key, 0))  # as `_run_phase` calls it
+        lrs, mom = jax.ShapeDtypeStruct((N_GROUPS,), jnp.float32), jax.ShapeDtypeStruct((), jnp.float32)
+        args = (state, train, lrs, mom, jax.random.fold_in(self.key, 0))  # as `_run_phase` calls it
         setup.step.lower(*_abstract(args)).compile()
 
     def _compile_eval(self, _=None) -> None:
-        """The eval step as `predict_batches` calls it, and the epoch metrics run once on zeros (they cost nothing)."""
+        """What `validate` runs: the predictions' programs (`compile_predict`), and the epoch
+        metrics run once on zeros (they cost nothing)."""
         valid = _sharded_like(self.dls.batch_shapes(), self.mesh)
         variables = replicate((self.params, self.batch_stats), self.mesh)
-        make_eval_step(self.model, self.dtype).lower(*_abstract(variables), valid).compile()
         rows, n_classes = self.dls.valid_rows, len(self.dls.vocab)
+        compile_predict(self.model, _abstract(variables), valid, rows // self.dls.batch_size, self.mesh, self.dtype)
         zeros = replicate(jnp.zeros((rows, n_classes), jnp.float32), self.mesh)  # as gathered predictions
         epoch_metrics(zeros, zeros, replicate(jnp.ones((rows,), bool), self.mesh), thresh=self.thresh)
 
@@ -212,8 +219,8 @@ class Learner:
         opt_state, self.smooth_loss = resumed or (setup.opt_state, SmoothLoss())
         state = TrainState(self.params, self.batch_stats, replicate(opt_state, self.mesh))
         data_epoch0 = sum(ph.epochs for ph in phases[:p])
-        lrs = jnp.asarray(phase.lrs, jnp.float32)
-        moms = jnp.asarray(phase.moms, jnp.float32)
+        lrs = np.asarray(phase.lrs, np.float32)  # indexed on the host: no device program per phase
+        moms = np.asarray(phase.moms, np.float32)
         step0 = phase_starts(phases)[p]
         for epoch in range(start // spe, phase.epochs):
             t0, first = time.perf_counter(), max(start - epoch * spe, 0)
@@ -297,8 +304,8 @@ class Learner:
     def validate(self) -> dict:
         """valid_loss (mean over real items), accuracy_multi at `thresh` and mAP."""
         probs, targs, mask, loss = self.get_preds()
-        metrics = jax.device_get(epoch_metrics(probs, targs, mask, thresh=self.thresh))
-        valid_loss = float(jnp.sum(jnp.where(mask, loss, 0.0)) / jnp.sum(mask))
+        metrics, loss, mask = jax.device_get((epoch_metrics(probs, targs, mask, thresh=self.thresh), loss, mask))
+        valid_loss = float(np.asarray(loss)[np.asarray(mask)].mean(dtype=np.float64))
         return {"valid_loss": valid_loss, "accuracy_multi": float(metrics["accuracy_multi"]),
                 "mAP": float(metrics["mAP"])}
 
@@ -317,8 +324,8 @@ class Learner:
                            replicate(setup.opt_state, self.mesh))
         smoother, lrs, smoothed = SmoothLoss(), [], []
         for i, (lr, batch) in enumerate(zip(lrs_all, self._endless_train_batches())):
-            state, loss = setup.step(state, self._train_batch(batch), jnp.full((N_GROUPS,), lr, jnp.float32),
-                                     jnp.float32(0.9), jax.random.fold_in(self.key, i))
+            state, loss = setup.step(state, self._train_batch(batch), np.full((N_GROUPS,), lr, np.float32),
+                                     np.float32(0.9), jax.random.fold_in(self.key, i))
             smoothed.append(smoother.add(float(loss)))
             lrs.append(float(lr))
             if lr_find_should_stop(smoothed, num_it):  # NaNs run on, as in fastai
