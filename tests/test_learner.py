@@ -102,6 +102,21 @@ def test_what_compiles_ahead_is_what_fine_tune_runs(data_root, augment):
     assert [name for name in lowered if name != "jit(finish_batch)"] == []
 
 
+def test_only_the_first_program_compiles_before_the_fit_asks_for_one(data_root):
+    """The background thread holds the GIL while it traces: during start-up (Python work) it
+    compiles only the first phase's step; the rest waits until a program is first waited for."""
+    learn = make_learner(data_root)
+    started, compile_eval = [], learn._compile_eval
+    learn._compile_eval = lambda arg: (started.append("eval"), compile_eval(arg))[1]
+    learn.compile_ahead([True, False])
+    rest = [learn._ahead[k] for k in (("eval",), ("train", False))]
+    learn._ahead[("train", True)].result(timeout=120)
+    time.sleep(0.5)
+    assert started == [] and not any(f.done() for f in rest)
+    learn.wait_ahead()
+    assert started == ["eval"] and learn._ahead == {} and all(f.exception() is None for f in rest)
+
+
 def test_frozen_phase_trains_only_head_and_batchnorm(data_root):
     learn = make_learner(data_root)
     before = jax.device_get(learn.params)

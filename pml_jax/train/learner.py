@@ -91,6 +91,7 @@ class Learner:
         self._resume: dict | None = None
         self._preds: tuple | None = None  # ((params, batch_stats, dls), get_preds' output) of the last one
         self._ahead: dict[tuple, Future] = {}  # programs `compile_ahead` compiles, by key
+        self._asked = threading.Event()  # set once the fit (or anything) waits for a program compiled ahead
 
     @functools.cached_property
     def checkpoints(self) -> Checkpoints | None:
@@ -109,7 +110,9 @@ class Learner:
         states, for this learner's batches, and last run `then` (what compiles the programs that
         follow the fit). Each program's first use waits for its compile (nothing compiles twice).
         Call it before slow single-threaded work (loading data, show_batch): XLA then uses the
-        cores that work leaves idle, and later phases' steps compile while the first phase trains."""
+        cores that work leaves idle, and later phases' steps compile while the first phase trains.
+        All but the first program wait until the fit first asks for one: tracing them holds the
+        GIL, which the start-up's Python work needs, while the steps' execution releases it."""
         states = list(dict.fromkeys(frozen))
         jobs = [(("train", f), self._compile_train_step, f) for f in states[:1]]
         jobs += [(("eval",), self._compile_eval, None)]
@@ -119,7 +122,9 @@ class Learner:
         self._ahead = {key: future for (key, _, _), future in zip(jobs, futures)}
 
         def work():
-            for (_, compile_one, arg), future in zip(jobs, futures):
+            for i, ((_, compile_one, arg), future) in enumerate(zip(jobs, futures)):
+                if i == 1:
+                    self._asked.wait()
                 try:
                     future.set_result(compile_one(arg))
                 except BaseException as e:  # noqa: BLE001 - handed to whoever waits for it
@@ -129,6 +134,7 @@ class Learner:
 
     def _wait_ahead(self, *key) -> None:
         """Block until the program `key` (('train', frozen) or ('eval',)) compiled ahead, if it was asked for."""
+        self._asked.set()
         if key in self._ahead:
             self._ahead.pop(key).result()
 
