@@ -27,12 +27,14 @@ time, imports and exit included):
 for each of `--repeats` seeds (the order of the two libraries alternates). It prints, and writes
 to OUT/<arch>-<size>px/results.md and results.json, a side-by-side table: per-epoch valid_loss,
 accuracy_multi and mAP, the final sweep, whole-process wall times and where each process's time
-went (compile from JAX_LOG_COMPILES=1, input wait and step time from metrics.jsonl, checkpoints
-and outputs from the timestamps of the run's output lines), each library's seed spread next to
-the gap between them.
+went (each process's main-thread timeline: input wait and step time from metrics.jsonl,
+checkpoints and outputs from the timestamps of the run's output lines; pml_jax's compile seconds
+from JAX_LOG_COMPILES=1, apart, as they overlap), each library's seed spread next to the gap
+between them.
 
-Duration on this project's 2-core VM, nothing else running (2026-12-07): resnet18 --repeats 4
-(4 fastai + 4 cold + 1 warm pml_jax runs) 11.5 minutes, plus 2 for its pretraining when not cached;
+Duration on this project's 2-core VM, nothing else running: resnet18 --repeats 4 (4 fastai + 4 cold
++ 1 warm pml_jax runs) 11.5 minutes on 2026-12-07, 12.8-14.3 on 2026-12-08, plus 2.5 for its
+pretraining when not cached;
 resnet50 with 2 seeds 17.5 minutes with its pretraining (225 s of training). The script prints an
 estimate for the flags given before it starts. Run it alone on the machine: other jobs on the 2 cores
 change every wall time.
