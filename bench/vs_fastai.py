@@ -34,9 +34,9 @@ between them.
 
 Duration on this project's 2-core VM, nothing else running: resnet18 --repeats 4 (4 fastai + 4 cold
 + 1 warm pml_jax runs) 11.5 minutes on 2026-12-07, 12.8-14.3 on 2026-12-08, plus 2.5 for its
-pretraining when not cached;
-resnet50 with 2 seeds 17.5 minutes with its pretraining (225 s of training). The script prints an
-estimate for the flags given before it starts. Run it alone on the machine: other jobs on the 2 cores
+pretraining when not cached; resnet50 with 2 seeds, its pretraining included, 17.5 minutes (225 s of
+pretraining) on 2026-12-07, 21 minutes (293 s) on 2026-12-08. The script prints an estimate for the
+flags given before it starts. Run it alone on the machine: other jobs on the 2 cores
 change every wall time.
 
 Difficulty (2026-12-03, zero_init_residual pretraining): on its own set at 64 px the resnet18

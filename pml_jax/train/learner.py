@@ -133,7 +133,8 @@ class Learner:
         threading.Thread(target=work, name="pml_jax compile ahead", daemon=True).start()
 
     def _wait_ahead(self, *key) -> None:
-        """Block until the program `key` (('train', frozen) or ('eval',)) compiled ahead, if it was asked for."""
+        """Block until the job `key` (('train', frozen), ('eval',) or ('then', i)) of `compile_ahead`
+        is done, if it was asked for; from the first call on, the background thread runs every job."""
         self._asked.set()
         if key in self._ahead:
             self._ahead.pop(key).result()
