@@ -113,4 +113,4 @@ def run() -> None:
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code if isinstance(code, int) else 1 if code else 0)
+    os._exit(code)

@@ -35,8 +35,7 @@ def summarize(probs, targs, mask, vocab: Sequence[str], thresh: float) -> dict:
     """
     m, per_class, keep = jax.device_get((
         epoch_metrics(probs, targs, mask, thresh=thresh, thresholds=DEFAULT_THRESHOLDS),
-        per_class_thresholds(probs, targs, thresholds=PER_CLASS_GRID, mask=mask), mask))
-    per_class = np.asarray(per_class)
+        per_class_thresholds(probs, targs, thresholds=PER_CLASS_GRID, mask=mask), mask))  # numpy, one transfer
     return {
         "n_valid": int(np.sum(keep)), "thresh": float(thresh),
         "accuracy_multi": float(m["accuracy_multi"]), "best_thresh": float(m["best_thresh"]),
